@@ -1,0 +1,341 @@
+//! The command line: `kubetag [FILE...]` runs the pipeline; subcommands check a
+//! configuration, work with rules and explain what kubetag knows.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context as _};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{PipelineConfig, Settings};
+use crate::pipeline::{self, Stop};
+use crate::rules_tool;
+use crate::sink::SinkConfig;
+use crate::source::SourceConfig;
+use crate::tag::ruleset::RuleSet;
+use crate::tag::{Tagger, Unmatched};
+
+/// Exit codes: 0 ok, 1 runtime failure, 2 bad usage, configuration or rules.
+pub enum Failure {
+    Usage(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+impl Failure {
+    pub fn code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Runtime(_) => 1,
+        }
+    }
+
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            Failure::Usage(e) | Failure::Runtime(e) => e,
+        }
+    }
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Usage(e.into())
+}
+
+#[derive(Parser)]
+#[command(
+    name = "kubetag",
+    version,
+    about = "Tags kubelet and container-runtime errors in journald JSON records",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration and a rules directory, reporting every problem.
+    Check(ConfigArgs),
+    /// Work with rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Explain a category or a rule.
+    Explain {
+        /// A category id (image_pull, ...) or a rule id (image_pull.not_found, ...).
+        name: String,
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Print every literal the automaton holds, one per line.
+    Patterns { dir: Option<PathBuf> },
+    /// Run every rule's examples and near misses, and case files of real messages.
+    Test {
+        dir: Option<PathBuf>,
+        /// JSON lines of {"name", "unit", "message", "category"}; repeatable.
+        #[arg(long = "cases", value_name = "FILE")]
+        cases: Vec<PathBuf>,
+    },
+    /// Report weak rules: no examples, short or shadowed patterns.
+    Lint { dir: Option<PathBuf> },
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Pipeline configuration file (see pipeline.toml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Rules directory replacing the shipped rules.
+    #[arg(long, value_name = "DIR")]
+    rules: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Input files of journalctl JSON lines; `-` is stdin. Default: stdin.
+    files: Vec<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// An input: `-`, `file:PATH` or a path. Repeatable; replaces configured sources.
+    #[arg(long = "input", short = 'i', value_name = "URL")]
+    inputs: Vec<String>,
+    /// An output: `-`, `file:PATH` or a path. Repeatable; replaces configured sinks.
+    #[arg(long = "output", short = 'o', value_name = "URL")]
+    outputs: Vec<String>,
+    /// What to do with untagged records.
+    #[arg(long, value_enum)]
+    unmatched: Option<Unmatched>,
+    /// Write rejected lines here, one JSON envelope each.
+    #[arg(long, value_name = "PATH")]
+    dead_letter: Option<PathBuf>,
+    /// Write the end-of-run counters here as JSON.
+    #[arg(long, value_name = "PATH")]
+    stats_file: Option<PathBuf>,
+    #[arg(long, value_name = "BYTES")]
+    max_line_bytes: Option<usize>,
+    /// Tagging threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Log filter, e.g. `warn` or `kubetag=debug`.
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    log_level: String,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// No end-of-run summary on stderr, warnings only.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> Result<(), Failure> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run(cli.run),
+        Some(Command::Check(args)) => check(args),
+        Some(Command::Rules(command)) => rules(command),
+        Some(Command::Explain { name, rules }) => explain(&name, rules),
+    }
+}
+
+fn load_rules(dir: Option<&std::path::Path>) -> Result<Arc<RuleSet>, Failure> {
+    RuleSet::load(dir).map(Arc::new).map_err(usage)
+}
+
+fn settings(args: &RunArgs) -> Result<Settings, Failure> {
+    let config = PipelineConfig::load(args.config.config.as_deref()).map_err(usage)?;
+    let mut settings = Settings::from_config(config).map_err(usage)?;
+    let mut inputs = args.files.clone();
+    inputs.extend(args.inputs.iter().cloned());
+    if !inputs.is_empty() {
+        let parsed: Result<Vec<_>, String> = inputs.iter().map(|i| SourceConfig::from_url(i)).collect();
+        settings.sources = parsed.map_err(|e| usage(anyhow!(e)))?;
+    }
+    if !args.outputs.is_empty() {
+        let parsed: Result<Vec<_>, String> = args.outputs.iter().map(|o| SinkConfig::from_url(o)).collect();
+        settings.sinks = parsed.map_err(|e| usage(anyhow!(e)))?;
+    }
+    if let Some(dir) = &args.config.rules {
+        settings.rules_dir = Some(dir.clone());
+    }
+    if let Some(unmatched) = args.unmatched {
+        settings.unmatched = unmatched;
+    }
+    if let Some(path) = &args.dead_letter {
+        settings.dead_letter = Some(path.clone());
+    }
+    if let Some(path) = &args.stats_file {
+        settings.stats_file = Some(path.clone());
+    }
+    if let Some(bytes) = args.max_line_bytes {
+        if bytes == 0 {
+            return Err(usage(anyhow!("--max-line-bytes must be greater than 0")));
+        }
+        settings.max_line_bytes = bytes;
+    }
+    if let Some(threads) = args.threads {
+        settings.threads = threads.max(1);
+    }
+    Ok(settings)
+}
+
+fn run(args: RunArgs) -> Result<(), Failure> {
+    let level = if args.quiet { "warn" } else { args.log_level.as_str() };
+    init_logging(level, args.log_format).map_err(usage)?;
+    let settings = settings(&args)?;
+    let rules = load_rules(settings.rules_dir.as_deref())?;
+    tracing::info!(rules = rules.rules().len(), patterns = rules.patterns().len(), "rules loaded");
+    for source in &settings.sources {
+        source
+            .open()
+            .with_context(|| format!("cannot open input {}", source.label()))
+            .map_err(usage)?;
+    }
+
+    let tagger = Arc::new(Tagger {
+        rules: rules.clone(),
+        shape: settings.shape.clone(),
+        unmatched: settings.unmatched,
+    });
+    let stop = Stop::default();
+    crate::signals::watch(stop.clone());
+    tracing::info!(threads = settings.threads, sources = settings.sources.len(), "started");
+    let finished = pipeline::run(&settings, tagger, stop)
+        .context("cannot start the pipeline")
+        .map_err(Failure::Runtime)?;
+
+    let report = finished.counts.report(&rules);
+    tracing::info!(
+        records = report.records_read,
+        tagged = report.tagged,
+        malformed = report.malformed,
+        "stopped"
+    );
+    if !args.quiet {
+        eprintln!("{}", report.summary());
+    }
+    if let Some(path) = &settings.stats_file {
+        let json = serde_json::to_vec_pretty(&report).expect("counters serialize");
+        std::fs::write(path, json)
+            .with_context(|| format!("cannot write {}", path.display()))
+            .map_err(Failure::Runtime)?;
+    }
+    match finished.failures.first() {
+        None => Ok(()),
+        Some(first) => Err(Failure::Runtime(anyhow!("{first}"))),
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("bad --log-level {filter:?}"))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn check(args: ConfigArgs) -> Result<(), Failure> {
+    let mut problems = Vec::new();
+    let mut rules_dir = args.rules.clone();
+    match PipelineConfig::load(args.config.as_deref()).map(Settings::from_config) {
+        Ok(Ok(settings)) => {
+            rules_dir = rules_dir.or(settings.rules_dir);
+        }
+        Ok(Err(e)) => problems.push(e.to_string()),
+        Err(e) => problems.push(e.to_string()),
+    }
+    match RuleSet::load(rules_dir.as_deref()) {
+        Ok(rules) => {
+            let mut out = std::io::stdout().lock();
+            let n = rules.rules().len();
+            let _ = writeln!(out, "rules: {n} rules, {} patterns", rules.patterns().len());
+        }
+        Err(errors) => problems.extend(errors.0.iter().map(ToString::to_string)),
+    }
+    if problems.is_empty() {
+        println!("ok");
+        return Ok(());
+    }
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    Err(usage(anyhow!("{} problem(s) found", problems.len())))
+}
+
+fn rules(command: RulesCommand) -> Result<(), Failure> {
+    match command {
+        RulesCommand::Patterns { dir } => {
+            let rules = load_rules(dir.as_deref())?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for pattern in rules.patterns() {
+                if writeln!(out, "{pattern}").is_err() {
+                    return Ok(());
+                }
+            }
+            let _ = out.flush();
+            Ok(())
+        }
+        RulesCommand::Test { dir, cases } => {
+            let rules = load_rules(dir.as_deref())?;
+            let mut all = Vec::new();
+            for path in &cases {
+                all.extend(rules_tool::read_cases(path).map_err(|e| usage(anyhow!(e)))?);
+            }
+            let (checked, failures) = rules_tool::test(rules, &all);
+            for failure in &failures {
+                println!("FAIL {failure}");
+            }
+            println!("{} passed, {} failed", checked - failures.len(), failures.len());
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(Failure::Runtime(anyhow!("{} rule test(s) failed", failures.len())))
+            }
+        }
+        RulesCommand::Lint { dir } => {
+            let rules = load_rules(dir.as_deref())?;
+            let problems = rules_tool::lint(&rules);
+            for problem in &problems {
+                println!("{problem}");
+            }
+            if problems.is_empty() {
+                println!("ok: {} rules", rules.rules().len());
+                Ok(())
+            } else {
+                Err(Failure::Runtime(anyhow!("{} lint problem(s)", problems.len())))
+            }
+        }
+    }
+}
+
+fn explain(name: &str, dir: Option<PathBuf>) -> Result<(), Failure> {
+    let rules = load_rules(dir.as_deref())?;
+    match rules_tool::explain(&rules, name) {
+        Some(text) => {
+            print!("{text}");
+            Ok(())
+        }
+        None => Err(usage(anyhow!(
+            "no category or rule named {name:?}; categories: {}",
+            rules_tool::names()
+        ))),
+    }
+}

@@ -1,0 +1,186 @@
+//! The pipeline's configuration: `pipeline.toml`, then `KUBETAG_*` environment variables,
+//! then command-line flags, each overriding the one before.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::record::Shape;
+use crate::sink::SinkConfig;
+use crate::source::SourceConfig;
+use crate::tag::Unmatched;
+
+/// The file's structure. Every table and key is optional; defaults are in `pipeline.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    #[serde(default)]
+    pub rules: RulesConfig,
+    #[serde(default)]
+    pub tag: TagConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub run: RunConfig,
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// A directory of `*.toml` rule files replacing the shipped rules.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TagConfig {
+    pub unmatched: Unmatched,
+    /// Field names: the journald preset unless replaced.
+    pub shape: Option<Shape>,
+}
+
+impl Default for TagConfig {
+    fn default() -> Self {
+        TagConfig { unmatched: Unmatched::Drop, shape: None }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_line_bytes: usize,
+    pub read_bytes: usize,
+    pub queue_batches: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_line_bytes: 1 << 20, read_bytes: 256 * 1024, queue_batches: 16 }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Tagging threads; 0 means one per core.
+    pub threads: usize,
+    pub stats_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    pub path: Option<PathBuf>,
+}
+
+/// A configuration problem, naming the file or variable and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {message}")]
+    File { path: String, message: String },
+    #[error("{key}: {message}")]
+    Value { key: &'static str, message: String },
+}
+
+impl PipelineConfig {
+    /// Reads `file` (if given) and the `KUBETAG_*` environment, e.g.
+    /// `KUBETAG_TAG__UNMATCHED=pass` for `[tag] unmatched`.
+    pub fn load(file: Option<&Path>) -> Result<PipelineConfig, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            let source = config::File::from(file).format(config::FileFormat::Toml).required(true);
+            builder = builder.add_source(source);
+        }
+        let env = config::Environment::with_prefix("KUBETAG").separator("__").try_parsing(true);
+        let error = |e: config::ConfigError| ConfigError::File {
+            path: file.map_or_else(|| "environment".into(), |f| f.display().to_string()),
+            message: e.to_string(),
+        };
+        let merged = builder.add_source(env).build().map_err(error)?;
+        merged.try_deserialize().map_err(error)
+    }
+}
+
+/// Everything a run needs, resolved from the config and the flags.
+#[derive(Debug)]
+pub struct Settings {
+    pub rules_dir: Option<PathBuf>,
+    pub unmatched: Unmatched,
+    pub shape: Shape,
+    pub max_line_bytes: usize,
+    pub read_bytes: usize,
+    pub queue_batches: usize,
+    pub threads: usize,
+    pub sources: Vec<SourceConfig>,
+    pub sinks: Vec<SinkConfig>,
+    pub dead_letter: Option<PathBuf>,
+    pub stats_file: Option<PathBuf>,
+}
+
+impl Settings {
+    pub fn from_config(config: PipelineConfig) -> Result<Settings, ConfigError> {
+        let limits = config.limits;
+        let positive = |key: &'static str, value: usize| {
+            if value == 0 {
+                Err(ConfigError::Value { key, message: "must be greater than 0".into() })
+            } else {
+                Ok(value)
+            }
+        };
+        let mut sources: Vec<SourceConfig> = config.sources.into_values().collect();
+        if sources.is_empty() {
+            sources.push(SourceConfig::Stdin);
+        }
+        let mut sinks: Vec<SinkConfig> = config.sinks.into_values().collect();
+        if sinks.is_empty() {
+            sinks.push(SinkConfig::Stdout);
+        }
+        let threads = match config.run.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Ok(Settings {
+            rules_dir: config.rules.dir,
+            unmatched: config.tag.unmatched,
+            shape: config.tag.shape.unwrap_or_else(Shape::journald),
+            max_line_bytes: positive("limits.max_line_bytes", limits.max_line_bytes)?,
+            read_bytes: positive("limits.read_bytes", limits.read_bytes)?,
+            queue_batches: positive("limits.queue_batches", limits.queue_batches)?,
+            threads,
+            sources,
+            sinks,
+            dead_letter: config.dead_letter.path,
+            stats_file: config.run.stats_file,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_pipeline_toml_loads_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.toml");
+        let config = PipelineConfig::load(Some(&path)).unwrap();
+        let shipped = Settings::from_config(config).unwrap();
+        let defaults = Settings::from_config(PipelineConfig::default()).unwrap();
+        assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[limits]\nmax_line_byte = 5\n").unwrap();
+        let error = PipelineConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("max_line_byte"), "{error}");
+    }
+}

@@ -1,0 +1,74 @@
+//! The dead-letter path: every rejected line, with why and where, as one JSON line.
+
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::record::Malformed;
+
+/// A line the pipeline refused.
+#[derive(Debug)]
+pub(crate) struct Reject {
+    /// The line's place within its batch, from 0.
+    pub(crate) offset: u64,
+    pub(crate) reason: Malformed,
+    /// The line, or its start when it was too long to keep.
+    pub(crate) raw: Bytes,
+    /// The line's full length.
+    pub(crate) len: u64,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    source: &'a str,
+    line: u64,
+    reason: &'static str,
+    error: &'static str,
+    bytes: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
+    raw: Raw<'a>,
+}
+
+/// The line as text when it is UTF-8, else as its bytes, the way journalctl prints them.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Raw<'a> {
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
+/// Writes rejects to a file, one envelope a line.
+pub(crate) struct DeadLetter {
+    writer: BufWriter<std::fs::File>,
+}
+
+impl DeadLetter {
+    pub(crate) fn open(path: &PathBuf) -> io::Result<DeadLetter> {
+        Ok(DeadLetter { writer: BufWriter::new(crate::sink::append(path)?) })
+    }
+
+    pub(crate) fn write(&mut self, source: &str, line: u64, reject: &Reject) -> io::Result<()> {
+        let raw = match std::str::from_utf8(&reject.raw) {
+            Ok(text) => Raw::Text(text),
+            Err(_) => Raw::Bytes(&reject.raw),
+        };
+        let envelope = Envelope {
+            source,
+            line,
+            reason: reject.reason.name(),
+            error: reject.reason.describe(),
+            bytes: reject.len,
+            truncated: (reject.raw.len() as u64) < reject.len,
+            raw,
+        };
+        serde_json::to_writer(&mut self.writer, &envelope)?;
+        self.writer.write_all(b"\n")
+    }
+
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}

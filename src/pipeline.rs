@@ -1,0 +1,364 @@
+//! The pipeline: sources cut frames, workers tag them in parallel, one collector puts the
+//! results back in each source's order, counts them and hands them to the sinks.
+//!
+//! Every queue between the stages is bounded, so memory stays flat whatever the input and
+//! a slow sink slows the sources down rather than losing records.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::Settings;
+use crate::dead_letter::{DeadLetter, Reject};
+use crate::record::Malformed;
+use crate::sink::{Batch, Sink};
+use crate::source::lines::{Frame, Framer, KEPT_PREFIX_BYTES};
+use crate::source::SourceConfig;
+use crate::stats::Counts;
+use crate::tag::{Outcome, Tagger, Worker};
+
+/// A frame on its way to a worker, with where to send the result.
+struct Job {
+    frame: Frame,
+    reply: flume::Sender<Done>,
+}
+
+/// A frame's result, waited for in order.
+struct Pending {
+    source: usize,
+    reply: flume::Receiver<Done>,
+}
+
+/// What a worker made of one frame.
+#[derive(Default)]
+struct Done {
+    out: Vec<u8>,
+    counts: Counts,
+    lines: u64,
+    rejects: Vec<Reject>,
+}
+
+/// How a run ended.
+pub struct Finished {
+    pub counts: Counts,
+    /// Problems that make the run a failure (a sink or source that broke).
+    pub failures: Vec<String>,
+}
+
+/// Tells the pipeline to stop reading and drain what it has.
+#[derive(Clone, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs the pipeline until every source ends, the last sink closes, or `stop` is asked.
+pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<Finished> {
+    let threads = settings.threads.max(1);
+    let (jobs, job_queue) = flume::bounded::<Job>(threads * 2);
+    let (pending, pending_queue) = flume::bounded::<Pending>(threads * 4);
+
+    let workers: Vec<_> = (0..threads)
+        .map(|i| spawn_worker(i, job_queue.clone(), tagger.clone(), settings.max_line_bytes))
+        .collect::<io::Result<_>>()?;
+    drop(job_queue);
+
+    let mut sinks = Vec::new();
+    for config in &settings.sinks {
+        sinks.push(Sink::start(config, settings.queue_batches)?);
+    }
+    let dead_letter = settings.dead_letter.as_ref().map(DeadLetter::open).transpose()?;
+
+    let mut labels = Vec::new();
+    let mut readers = Vec::new();
+    for (index, config) in settings.sources.iter().enumerate() {
+        let input = config.open()?;
+        labels.push(config.label());
+        let feed = Feed { source: index, jobs: jobs.clone(), pending: pending.clone() };
+        readers.push(spawn_reader(config, input, feed, settings, stop.clone())?);
+    }
+    drop((jobs, pending));
+
+    let mut collector = Collector::new(labels, sinks, dead_letter);
+    collector.collect(&pending_queue, &stop);
+    drop(pending_queue);
+    if stop.requested() {
+        // Readers may be blocked in a read that will never return; they are not waited for.
+        drop(readers);
+    } else {
+        for reader in readers {
+            if let Ok(Err(e)) = reader.join() {
+                collector.failures.push(format!("reading input: {e}"));
+            }
+        }
+    }
+    for worker in workers {
+        let _ = worker.join();
+    }
+    Ok(collector.finish())
+}
+
+/// A source's way into the pipeline.
+struct Feed {
+    source: usize,
+    jobs: flume::Sender<Job>,
+    pending: flume::Sender<Pending>,
+}
+
+impl Feed {
+    /// Queues a frame; false once the pipeline no longer takes any.
+    fn send(&self, frame: Frame) -> bool {
+        let (reply, result) = flume::bounded(1);
+        let pending = Pending { source: self.source, reply: result };
+        self.pending.send(pending).is_ok() && self.jobs.send(Job { frame, reply }).is_ok()
+    }
+}
+
+fn spawn_reader(
+    config: &SourceConfig,
+    mut input: Box<dyn io::Read + Send>,
+    feed: Feed,
+    settings: &Settings,
+    stop: Stop,
+) -> io::Result<JoinHandle<io::Result<()>>> {
+    let mut framer = Framer::new(settings.max_line_bytes, settings.read_bytes);
+    std::thread::Builder::new().name(format!("source {}", config.label())).spawn(move || {
+        let mut frames = Vec::new();
+        loop {
+            let n = framer.read(&mut *input, &mut frames)?;
+            if n == 0 {
+                framer.finish(&mut frames);
+            }
+            for frame in frames.drain(..) {
+                if !feed.send(frame) {
+                    return Ok(());
+                }
+            }
+            if n == 0 || stop.requested() {
+                return Ok(());
+            }
+        }
+    })
+}
+
+fn spawn_worker(
+    index: usize,
+    jobs: flume::Receiver<Job>,
+    tagger: Arc<Tagger>,
+    max_line_bytes: usize,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("tag {index}")).spawn(move || {
+        let mut worker = Worker::new(tagger);
+        while let Ok(job) = jobs.recv() {
+            let done = process(&mut worker, job.frame, max_line_bytes);
+            let _ = job.reply.send(done);
+        }
+    })
+}
+
+/// Tags every line of a frame.
+fn process(worker: &mut Worker, frame: Frame, max_line_bytes: usize) -> Done {
+    let mut done = Done::default();
+    match frame {
+        Frame::Oversize { prefix, len } => {
+            done.counts.bytes += len + 1;
+            reject(&mut done, Malformed::TooLong, prefix, len);
+            done.counts.records += 1;
+            done.lines += 1;
+        }
+        Frame::Lines(bytes) => {
+            let mut start = 0;
+            while start < bytes.len() {
+                let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |at| start + at);
+                done.counts.bytes += (end - start) as u64 + u64::from(end < bytes.len());
+                let line = match &bytes[start..end] {
+                    [body @ .., b'\r'] => start..start + body.len(),
+                    _ => start..end,
+                };
+                one_line(worker, &bytes, line, max_line_bytes, &mut done);
+                start = end + 1;
+            }
+        }
+    }
+    done
+}
+
+fn one_line(
+    worker: &mut Worker,
+    bytes: &Bytes,
+    line: std::ops::Range<usize>,
+    max_line_bytes: usize,
+    done: &mut Done,
+) {
+    let len = line.len() as u64;
+    let before = done.out.len();
+    if line.len() > max_line_bytes {
+        let kept = line.start..line.start + line.len().min(KEPT_PREFIX_BYTES);
+        reject(done, Malformed::TooLong, bytes.slice(kept), len);
+    } else {
+        let outcome = worker.line(&bytes[line.clone()], &mut done.out);
+        count(outcome, bytes, line, done);
+    }
+    if done.out.len() > before {
+        done.counts.forwarded += 1;
+    }
+    done.counts.records += 1;
+    done.lines += 1;
+}
+
+fn count(outcome: Outcome, bytes: &Bytes, line: std::ops::Range<usize>, done: &mut Done) {
+    match outcome {
+        Outcome::Tagged { rule, category } => done.counts.tagged(rule, category),
+        Outcome::Unmatched => done.counts.unmatched += 1,
+        Outcome::Omitted => {
+            done.counts.unmatched += 1;
+            done.counts.omitted_messages += 1;
+        }
+        Outcome::Malformed(reason) => reject(done, reason, bytes.slice(line.clone()), line.len() as u64),
+    }
+}
+
+fn reject(done: &mut Done, reason: Malformed, raw: Bytes, len: u64) {
+    done.counts.malformed(reason);
+    done.rejects.push(Reject { offset: done.lines, reason, raw, len });
+}
+
+/// Puts results back in order and hands them on.
+struct Collector {
+    labels: Vec<String>,
+    lines: Vec<u64>,
+    sinks: Vec<Sink>,
+    dead_letter: Option<DeadLetter>,
+    counts: Counts,
+    failures: Vec<String>,
+    logged: RateLimit,
+}
+
+impl Collector {
+    fn new(labels: Vec<String>, sinks: Vec<Sink>, dead_letter: Option<DeadLetter>) -> Collector {
+        let lines = vec![0; labels.len()];
+        let (counts, failures, logged) = (Counts::default(), Vec::new(), RateLimit::new());
+        Collector { labels, lines, sinks, dead_letter, counts, failures, logged }
+    }
+
+    fn collect(&mut self, queue: &flume::Receiver<Pending>, stop: &Stop) {
+        loop {
+            let pending = match queue.recv_timeout(Duration::from_millis(100)) {
+                Ok(pending) => pending,
+                Err(flume::RecvTimeoutError::Timeout) if stop.requested() => break,
+                Err(flume::RecvTimeoutError::Timeout) => continue,
+                Err(flume::RecvTimeoutError::Disconnected) => return,
+            };
+            if !self.take(pending) {
+                return;
+            }
+        }
+        // Stopping: what was already queued is still finished and delivered.
+        while let Ok(pending) = queue.try_recv() {
+            if !self.take(pending) {
+                return;
+            }
+        }
+    }
+
+    /// Handles one result; false once no sink is left to take output.
+    fn take(&mut self, pending: Pending) -> bool {
+        let Ok(done) = pending.reply.recv() else {
+            self.failures.push("a tagging worker stopped".into());
+            return false;
+        };
+        let base = self.lines[pending.source];
+        self.lines[pending.source] += done.lines;
+        for reject in &done.rejects {
+            self.dead_letter(pending.source, base + reject.offset + 1, reject);
+        }
+        self.counts.add(&done.counts);
+        if done.out.is_empty() {
+            return true;
+        }
+        let batch: Batch = Arc::new(done.out);
+        self.sinks.retain(|sink| sink.queue.send(batch.clone()).is_ok());
+        !self.sinks.is_empty()
+    }
+
+    fn dead_letter(&mut self, source: usize, line: u64, reject: &Reject) {
+        let label = &self.labels[source];
+        if self.logged.allow() {
+            let reason = reject.reason.name();
+            tracing::warn!(source = %label, line, reason, "malformed line skipped");
+        }
+        if let Some(dead_letter) = &mut self.dead_letter {
+            match dead_letter.write(label, line, reject) {
+                Ok(()) => self.counts.dead_lettered += 1,
+                Err(e) => self.failures.push(format!("writing the dead-letter file: {e}")),
+            }
+        }
+    }
+
+    fn finish(mut self) -> Finished {
+        self.logged.flush();
+        if let Some(dead_letter) = &mut self.dead_letter {
+            if let Err(e) = dead_letter.flush() {
+                self.failures.push(format!("writing the dead-letter file: {e}"));
+            }
+        }
+        for sink in self.sinks.drain(..) {
+            drop(sink.queue);
+            match sink.thread.join() {
+                Ok(Ok(())) => {}
+                // A closed stdout (`| head`) ends the run quietly.
+                Ok(Err(e)) if sink.is_stdout && e.kind() == io::ErrorKind::BrokenPipe => {}
+                Ok(Err(e)) => self.failures.push(format!("sink {}: {e}", sink.label)),
+                Err(_) => self.failures.push(format!("sink {} stopped", sink.label)),
+            }
+        }
+        Finished { counts: self.counts, failures: self.failures }
+    }
+}
+
+/// Logs the first of a kind of event, then at most one summary every ten seconds.
+struct RateLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> RateLimit {
+        RateLimit { last: None, suppressed: 0 }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < Self::EVERY => {
+                self.suppressed += 1;
+                false
+            }
+            _ => {
+                self.flush();
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.suppressed > 0 {
+            tracing::warn!(count = self.suppressed, "more malformed lines skipped");
+            self.suppressed = 0;
+        }
+    }
+}

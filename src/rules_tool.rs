@@ -1,0 +1,207 @@
+//! Tools for the people who write rules: run every rule's examples and near misses and
+//! case files of real messages, lint a rule set, explain a category or rule.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::record::Shape;
+use crate::tag::category::{Category, CATEGORIES};
+use crate::tag::ruleset::RuleSet;
+use crate::tag::{Outcome, Tagger, Unmatched, Worker};
+
+/// One real message and the category it must get ("none": it must stay untagged). Both the
+/// project's case files and the shared samples use these keys.
+#[derive(Debug, Deserialize)]
+pub struct Case {
+    #[serde(alias = "id")]
+    pub name: String,
+    #[serde(default)]
+    pub unit: String,
+    pub message: String,
+    pub category: String,
+}
+
+/// Reads a JSON-lines case file.
+pub fn read_cases(path: &Path) -> Result<Vec<Case>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// What the pipeline makes of one message from one unit: the rules that hit, primary first.
+pub struct Judge {
+    worker: Worker,
+}
+
+/// The verdict on a message: primary category and rule ids, empty when untagged.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub category: Option<String>,
+    pub rules: Vec<String>,
+}
+
+impl Judge {
+    pub fn new(rules: Arc<RuleSet>) -> Judge {
+        let tagger = Tagger { rules, shape: Shape::journald(), unmatched: Unmatched::Drop };
+        Judge { worker: Worker::new(Arc::new(tagger)) }
+    }
+
+    /// Runs `message` through the same code as the pipeline, as a journalctl record.
+    pub fn judge(&mut self, unit: &str, message: &str) -> Verdict {
+        let record = serde_json::json!({ "_SYSTEMD_UNIT": unit, "MESSAGE": message });
+        let line = serde_json::to_vec(&record).expect("a JSON value serializes");
+        let mut out = Vec::new();
+        if !matches!(self.worker.line(&line, &mut out), Outcome::Tagged { .. }) {
+            return Verdict::default();
+        }
+        let value: serde_json::Value = serde_json::from_slice(&out).expect("output is JSON");
+        let tag = &value["kubetag"];
+        let rules = tag["rules"].as_array().into_iter().flatten();
+        Verdict {
+            category: tag["category"].as_str().map(str::to_string),
+            rules: rules.filter_map(|r| r.as_str().map(str::to_string)).collect(),
+        }
+    }
+}
+
+/// Runs every rule's examples and near misses, then the cases. Returns the failures.
+pub fn test(rules: Arc<RuleSet>, cases: &[Case]) -> (usize, Vec<String>) {
+    let mut judge = Judge::new(rules.clone());
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for rule in rules.rules() {
+        let id = rule.id.as_str();
+        for example in &rule.examples {
+            checked += 1;
+            let verdict = judge.judge("", example);
+            if !verdict.rules.iter().any(|r| r == id) {
+                failures.push(format!("{id}: example not tagged by it ({}): {example}", fired(&verdict)));
+            }
+        }
+        for near in &rule.near_misses {
+            checked += 1;
+            let verdict = judge.judge("", near);
+            if verdict.rules.iter().any(|r| r == id) {
+                failures.push(format!("{id}: near miss tagged by it: {near}"));
+            }
+        }
+    }
+    for case in cases {
+        checked += 1;
+        let verdict = judge.judge(&case.unit, &case.message);
+        let got = verdict.category.as_deref().unwrap_or("none");
+        if got != case.category {
+            failures.push(format!(
+                "case {}: want {}, got {got} ({}): {}",
+                case.name,
+                case.category,
+                fired(&verdict),
+                case.message
+            ));
+        }
+    }
+    (checked, failures)
+}
+
+fn fired(verdict: &Verdict) -> String {
+    if verdict.rules.is_empty() {
+        "no rule fired".into()
+    } else {
+        format!("fired: {}", verdict.rules.join(", "))
+    }
+}
+
+/// Patterns this short tag chatter by accident.
+const MIN_PATTERN_BYTES: usize = 8;
+
+/// Problems that load but make a weak rule set.
+pub fn lint(rules: &RuleSet) -> Vec<String> {
+    let mut problems = Vec::new();
+    for rule in rules.rules() {
+        let id = rule.id.as_str();
+        if rule.examples.is_empty() {
+            problems.push(format!("{id}: no examples"));
+        }
+        if rule.near_misses.is_empty() {
+            problems.push(format!("{id}: no near misses"));
+        }
+        if rule.cause.is_empty() || rule.remediation.is_empty() {
+            problems.push(format!("{id}: cause and remediation should not be empty"));
+        }
+        for pattern in &rule.patterns {
+            if pattern.len() < MIN_PATTERN_BYTES {
+                problems.push(format!("{id}: pattern {pattern:?} is shorter than {MIN_PATTERN_BYTES} bytes"));
+            }
+        }
+        // A pattern containing another pattern of the same rule can never add a hit.
+        for a in &rule.patterns {
+            for b in &rule.patterns {
+                let (la, lb) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+                if a != b && la.contains(&lb) {
+                    problems.push(format!("{id}: pattern {a:?} is shadowed by {b:?}"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The knowledge behind a category or a rule, for a terminal.
+pub fn explain(rules: &RuleSet, name: &str) -> Option<String> {
+    let mut text = String::new();
+    if let Some(category) = Category::from_id(name) {
+        let info = category.info();
+        let _ = writeln!(text, "{} ({})\n\n{}\n", info.title, info.id, wrap(info.about));
+        let _ = writeln!(text, "Rules:");
+        for rule in rules.rules().iter().filter(|r| r.category == category) {
+            let _ = writeln!(text, "  {:<40} {:<8} {}", rule.id, rule.severity.name(), rule.summary);
+        }
+        return Some(text);
+    }
+    let rule = rules.rules().iter().find(|r| r.id.as_str() == name)?;
+    let _ = writeln!(text, "{} [{} / {}]\n\n{}\n", rule.id, rule.category, rule.severity.name(), wrap(&rule.summary));
+    let list = |text: &mut String, title: &str, items: &[String]| {
+        if !items.is_empty() {
+            let _ = writeln!(text, "{title}:");
+            for item in items {
+                let _ = writeln!(text, "  - {}", item);
+            }
+            text.push('\n');
+        }
+    };
+    list(&mut text, "Probable causes", &rule.cause);
+    list(&mut text, "Remediation", &rule.remediation);
+    list(&mut text, "Patterns", &rule.patterns);
+    list(&mut text, "Example", &rule.examples[..rule.examples.len().min(1)]);
+    Some(text)
+}
+
+/// Known names, for an error message.
+pub fn names() -> String {
+    CATEGORIES.iter().map(|c| c.id).collect::<Vec<_>>().join(", ")
+}
+
+fn wrap(text: &str) -> String {
+    let mut out = String::new();
+    let mut width = 0;
+    for word in text.split_whitespace() {
+        if width > 0 && width + word.len() > 78 {
+            out.push('\n');
+            width = 0;
+        } else if width > 0 {
+            out.push(' ');
+            width += 1;
+        }
+        out.push_str(word);
+        width += word.len();
+    }
+    out
+}

@@ -1,0 +1,92 @@
+//! Sinks: where tagged records go. Each runs on its own thread behind a bounded queue, so
+//! a slow sink pushes back on the pipeline instead of growing memory.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde::Deserialize;
+
+/// One configured sink, a `[sinks.NAME]` table.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines appended to a file.
+    File { path: PathBuf },
+}
+
+impl SinkConfig {
+    /// Parses an `--output` value: `-` or `stdout`, `file:PATH`, or a plain path.
+    pub fn from_url(url: &str) -> Result<SinkConfig, String> {
+        if url == "-" || url == "stdout" {
+            return Ok(SinkConfig::Stdout);
+        }
+        if let Some(path) = url.strip_prefix("file:") {
+            return Ok(SinkConfig::File { path: path.trim_start_matches("//").into() });
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            return Err(format!("output scheme {scheme}:// is not supported by this build"));
+        }
+        Ok(SinkConfig::File { path: url.into() })
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            SinkConfig::Stdout => "stdout".into(),
+            SinkConfig::File { path } => path.display().to_string(),
+        }
+    }
+
+    fn open(&self) -> io::Result<Box<dyn Write + Send>> {
+        Ok(match self {
+            SinkConfig::Stdout => Box::new(io::stdout()),
+            SinkConfig::File { path } => Box::new(append(path)?),
+        })
+    }
+}
+
+pub(crate) fn append(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Bytes of whole output lines, shared by every sink.
+pub(crate) type Batch = Arc<Vec<u8>>;
+
+/// A running sink: its queue and its thread.
+pub(crate) struct Sink {
+    pub(crate) label: String,
+    pub(crate) queue: flume::Sender<Batch>,
+    pub(crate) thread: JoinHandle<io::Result<()>>,
+    pub(crate) is_stdout: bool,
+}
+
+/// Output buffered this much before a write; flushed sooner whenever the queue is empty,
+/// so a followed journal's lines appear at once.
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+impl Sink {
+    pub(crate) fn start(config: &SinkConfig, queue_batches: usize) -> io::Result<Sink> {
+        let writer = config.open()?;
+        let (queue, batches) = flume::bounded::<Batch>(queue_batches);
+        let label = config.label();
+        let thread = std::thread::Builder::new()
+            .name(format!("sink {label}"))
+            .spawn(move || write_batches(batches, writer))?;
+        Ok(Sink { label, queue, thread, is_stdout: *config == SinkConfig::Stdout })
+    }
+}
+
+fn write_batches(batches: flume::Receiver<Batch>, writer: Box<dyn Write + Send>) -> io::Result<()> {
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
+    while let Ok(batch) = batches.recv() {
+        writer.write_all(&batch)?;
+        if batches.is_empty() {
+            writer.flush()?;
+        }
+    }
+    writer.flush()
+}

@@ -1,0 +1,52 @@
+//! Sources: where records come from. Each runs on its own thread, cuts its input into
+//! frames and hands them to the pipeline in order.
+
+pub(crate) mod lines;
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// One configured source, a `[sources.NAME]` table.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// journalctl JSON lines on standard input.
+    Stdin,
+    /// journalctl JSON lines from a file, read to its end.
+    File { path: PathBuf },
+}
+
+impl SourceConfig {
+    /// Parses an `--input` value: `-` or `stdin`, `file:PATH`, or a plain path.
+    pub fn from_url(url: &str) -> Result<SourceConfig, String> {
+        if url == "-" || url == "stdin" {
+            return Ok(SourceConfig::Stdin);
+        }
+        if let Some(path) = url.strip_prefix("file:") {
+            return Ok(SourceConfig::File { path: path.trim_start_matches("//").into() });
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            return Err(format!("input scheme {scheme}:// is not supported by this build"));
+        }
+        Ok(SourceConfig::File { path: url.into() })
+    }
+
+    /// A name for logs and dead-letter records.
+    pub fn label(&self) -> String {
+        match self {
+            SourceConfig::Stdin => "stdin".into(),
+            SourceConfig::File { path } => path.display().to_string(),
+        }
+    }
+
+    /// Opens the input, so a missing file is refused before anything runs.
+    pub(crate) fn open(&self) -> io::Result<Box<dyn Read + Send>> {
+        Ok(match self {
+            SourceConfig::Stdin => Box::new(io::stdin()),
+            SourceConfig::File { path } => Box::new(File::open(path)?),
+        })
+    }
+}

@@ -1,0 +1,254 @@
+//! Tagging: the rules, the automaton built from them, and the enrichment of a tagged
+//! record into its output line.
+//!
+//! A record whose message holds none of the automaton's patterns is judged from the field
+//! index alone; only the few that hit are decoded, confirmed and enriched.
+
+pub(crate) mod category;
+pub(crate) mod component;
+mod enrich;
+pub(crate) mod header;
+pub(crate) mod rules;
+pub(crate) mod ruleset;
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::record::json::{self, Field};
+use crate::record::{Malformed, Message, Record, Shape};
+use category::Category;
+use component::Component;
+use ruleset::{RuleSet, Scratch};
+
+/// What to do with records no rule tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// Drop them (the default): only tagged records are forwarded.
+    Drop,
+    /// Forward them byte for byte.
+    Pass,
+}
+
+/// How records are judged: the rules, the field names, the unmatched policy.
+pub struct Tagger {
+    pub(crate) rules: Arc<RuleSet>,
+    pub(crate) shape: Shape,
+    pub(crate) unmatched: Unmatched,
+}
+
+/// The verdict on one line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Tagged by the rule with this index, primary category given.
+    Tagged { rule: u32, category: Category },
+    Unmatched,
+    /// Unmatched because journalctl left the message out (`null`, over 4096 bytes).
+    Omitted,
+    Malformed(Malformed),
+}
+
+/// One thread's reusable state for tagging lines.
+pub(crate) struct Worker {
+    tagger: Arc<Tagger>,
+    fields: Vec<Field>,
+    message: Vec<u8>,
+    matches: Scratch,
+}
+
+impl Worker {
+    pub(crate) fn new(tagger: Arc<Tagger>) -> Worker {
+        Worker { tagger, fields: Vec::new(), message: Vec::new(), matches: Scratch::default() }
+    }
+
+    /// Judges one line (without its newline) and appends what is forwarded to `out`.
+    pub(crate) fn line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Outcome {
+        let outcome = self.judge(line, out);
+        let unmatched = matches!(outcome, Outcome::Unmatched | Outcome::Omitted);
+        if unmatched && self.tagger.unmatched == Unmatched::Pass {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        outcome
+    }
+
+    fn judge(&mut self, line: &[u8], out: &mut Vec<u8>) -> Outcome {
+        let close = match json::scan_object(line, &mut self.fields) {
+            Ok(close) => close,
+            Err(reason) => return Outcome::Malformed(reason),
+        };
+        let record = Record { line, fields: &self.fields, close };
+        let tagger = &*self.tagger;
+        let text = match record.message(&tagger.shape, &mut self.message) {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Omitted) => return Outcome::Omitted,
+            Err(reason) => return Outcome::Malformed(reason),
+        };
+        if !tagger.rules.any_pattern(&text) {
+            return Outcome::Unmatched;
+        }
+
+        let component = component::classify(record.first_text(&tagger.shape.component).as_deref());
+        if !tagger.rules.confirm(&text, component.agents, &mut self.matches) {
+            return Outcome::Unmatched;
+        }
+        let hits = &self.matches.hits;
+        let tag = build_tag(tagger, &record, &text, &component, hits);
+        write_tagged(&record, &tag, out);
+        let rule = hits[0];
+        Outcome::Tagged { rule, category: tagger.rules.rule(rule).category }
+    }
+}
+
+/// The `kubetag` object added to a tagged record.
+#[derive(Serialize)]
+pub(crate) struct Tag<'a> {
+    category: &'static str,
+    categories: Vec<&'static str>,
+    rule: &'a str,
+    rules: Vec<&'a str>,
+    severity: &'static str,
+    component: &'a str,
+    summary: &'a str,
+    cause: &'a [String],
+    remediation: &'a [String],
+    attributes: enrich::Attributes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<header::LogHeader>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<String>,
+}
+
+fn build_tag<'a>(
+    tagger: &'a Tagger,
+    record: &Record<'_>,
+    text: &[u8],
+    component: &'a Component,
+    hits: &[u32],
+) -> Tag<'a> {
+    let primary = tagger.rules.rule(hits[0]);
+    let mut categories: Vec<&'static str> = Vec::new();
+    for &r in hits {
+        let id = tagger.rules.rule(r).category.id();
+        if !categories.contains(&id) {
+            categories.push(id);
+        }
+    }
+
+    let message = String::from_utf8_lossy(text);
+    let log = header::parse(&message);
+    let mut attributes = enrich::Attributes::new();
+    if let Some(host) = record.first_text(&tagger.shape.host) {
+        attributes.insert("k8s.node.name", host);
+    }
+    enrich::extract(&mut attributes, text, log.as_ref(), &primary.extract);
+
+    Tag {
+        category: primary.category.id(),
+        categories,
+        rule: primary.id.as_str(),
+        rules: hits.iter().map(|&r| tagger.rules.rule(r).id.as_str()).collect(),
+        severity: primary.severity.name(),
+        component: &component.name,
+        summary: &primary.summary,
+        cause: &primary.cause,
+        remediation: &primary.remediation,
+        attributes,
+        log,
+        timestamp: timestamp(record, &tagger.shape),
+    }
+}
+
+/// RFC 3339 from journald's microseconds since the epoch.
+fn timestamp(record: &Record<'_>, shape: &Shape) -> Option<String> {
+    let micros: u64 = record.first_text(&shape.realtime_usec)?.trim().parse().ok()?;
+    let time = UNIX_EPOCH.checked_add(Duration::from_micros(micros))?;
+    Some(humantime::format_rfc3339_micros(time).to_string())
+}
+
+/// The original record, every field as it was, with the `kubetag` object added last. A
+/// `kubetag` field already present (a record tagged before) is replaced.
+fn write_tagged(record: &Record<'_>, tag: &Tag<'_>, out: &mut Vec<u8>) {
+    let line = record.line;
+    let old = record.field("kubetag");
+    match old {
+        None => {
+            out.extend_from_slice(&line[..record.close]);
+            if !record.fields.is_empty() {
+                out.push(b',');
+            }
+        }
+        Some(old) => {
+            out.push(b'{');
+            for field in record.fields.iter().filter(|f| f.span != old.span) {
+                out.extend_from_slice(&line[field.span.clone()]);
+                out.push(b',');
+            }
+        }
+    }
+    out.extend_from_slice(b"\"kubetag\":");
+    serde_json::to_writer(&mut *out, tag).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(b"}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(unmatched: Unmatched) -> Worker {
+        let rules = Arc::new(RuleSet::shipped().expect("shipped rules load"));
+        Worker::new(Arc::new(Tagger { rules, shape: Shape::journald(), unmatched }))
+    }
+
+    fn run(worker: &mut Worker, line: &str) -> (Outcome, String) {
+        let mut out = Vec::new();
+        let outcome = worker.line(line.as_bytes(), &mut out);
+        (outcome, String::from_utf8(out).unwrap())
+    }
+
+    const PULL: &str = r#"{"_HOSTNAME":"node-1","__REALTIME_TIMESTAMP":"1700000000123456","_SYSTEMD_UNIT":"kubelet.service","MESSAGE":"E1121 08:22:37.585238    8228 kuberuntime_image.go:53] \"Failed to pull image\" err=\"rpc error: code = Unknown desc = Error response from daemon: pull access denied\" image=\"myrepo/myapp:v1.0\""}"#;
+
+    #[test]
+    fn tagged_record_keeps_its_fields_and_gains_a_tag() {
+        let (outcome, out) = run(&mut worker(Unmatched::Drop), PULL);
+        assert!(matches!(outcome, Outcome::Tagged { .. }), "{outcome:?}");
+        assert!(out.starts_with(&PULL[..PULL.len() - 1]), "{out}");
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let tag = &value["kubetag"];
+        assert_eq!(tag["category"], "image_pull");
+        assert_eq!(tag["component"], "kubelet");
+        assert_eq!(tag["attributes"]["k8s.node.name"], "node-1");
+        assert_eq!(tag["attributes"]["container.image.name"], "myrepo/myapp:v1.0");
+        assert_eq!(tag["log"]["format"], "klog");
+        assert_eq!(tag["log"]["source"], "kuberuntime_image.go:53");
+        assert_eq!(tag["timestamp"], "2023-11-14T22:13:20.123456Z");
+    }
+
+    #[test]
+    fn a_previous_tag_is_replaced() {
+        let line = PULL.replacen('{', r#"{"kubetag":{"category":"old"},"#, 1);
+        let (_, out) = run(&mut worker(Unmatched::Drop), &line);
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["kubetag"]["category"], "image_pull");
+        assert_eq!(out.matches("\"kubetag\"").count(), 1);
+    }
+
+    #[test]
+    fn unmatched_records_pass_byte_for_byte() {
+        let line = r#"{ "MESSAGE" : "Started Kubernetes systemd probe." , "X":[1 , 2] }"#;
+        let (outcome, out) = run(&mut worker(Unmatched::Pass), line);
+        assert_eq!(outcome, Outcome::Unmatched);
+        assert_eq!(out, format!("{line}\n"));
+        let (_, out) = run(&mut worker(Unmatched::Drop), line);
+        assert_eq!(out, "");
+    }
+
+    #[test]
+    fn malformed_lines_are_not_forwarded() {
+        let mut worker = worker(Unmatched::Pass);
+        assert_eq!(run(&mut worker, "{\"MESSAGE\":"), (Outcome::Malformed(Malformed::Truncated), String::new()));
+        assert_eq!(run(&mut worker, "{}").0, Outcome::Malformed(Malformed::NoMessage));
+    }
+}

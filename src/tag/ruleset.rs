@@ -1,0 +1,206 @@
+//! A rule set compiled into one Aho-Corasick automaton over every rule's patterns.
+//!
+//! Built once per set of rules and shared read-only between workers; a reload builds a new
+//! set beside the old one.
+
+use std::path::Path;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+
+use super::component::Agents;
+use super::rules::{self, Rule, RuleErrors};
+
+/// The rules and the automaton built from them.
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    automaton: AhoCorasick,
+    /// Distinct patterns (compared case-insensitively), in the automaton's order.
+    patterns: Vec<String>,
+    /// For each pattern, the rules it triggers.
+    pattern_rules: Vec<Vec<u32>>,
+}
+
+/// Per-worker buffers for matching, reused from record to record.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    seen: Vec<bool>,
+    candidates: Vec<u32>,
+    lower: Vec<u8>,
+    /// The confirmed rules of the last match, primary first.
+    pub(crate) hits: Vec<u32>,
+}
+
+impl RuleSet {
+    /// The rules embedded in the binary.
+    pub fn shipped() -> Result<RuleSet, RuleErrors> {
+        Self::from_sources(&rules::shipped_sources())
+    }
+
+    /// The rules of `dir`, or the shipped ones when `dir` is `None`.
+    pub fn load(dir: Option<&Path>) -> Result<RuleSet, RuleErrors> {
+        match dir {
+            Some(dir) => Self::from_sources(&rules::dir_sources(dir)?),
+            None => Self::shipped(),
+        }
+    }
+
+    pub(crate) fn from_sources(sources: &[(String, String)]) -> Result<RuleSet, RuleErrors> {
+        Self::compile(rules::parse(sources)?)
+    }
+
+    fn compile(rules: Vec<Rule>) -> Result<RuleSet, RuleErrors> {
+        let mut patterns: Vec<String> = Vec::new();
+        let mut pattern_rules: Vec<Vec<u32>> = Vec::new();
+        let mut index = std::collections::HashMap::new();
+        for (r, rule) in rules.iter().enumerate() {
+            for pattern in &rule.patterns {
+                let slot = *index.entry(pattern.to_ascii_lowercase()).or_insert_with(|| {
+                    patterns.push(pattern.clone());
+                    pattern_rules.push(Vec::new());
+                    patterns.len() - 1
+                });
+                if !pattern_rules[slot].contains(&(r as u32)) {
+                    pattern_rules[slot].push(r as u32);
+                }
+            }
+        }
+
+        // A DFA costs more memory to build but scans fastest; every record goes through it.
+        let automaton = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(&patterns)
+            .map_err(|e| {
+                RuleErrors(vec![rules::RuleError {
+                    file: "rules".into(),
+                    rule: None,
+                    key: Some("patterns".into()),
+                    message: format!("cannot build the automaton: {e}"),
+                }])
+            })?;
+        Ok(RuleSet { rules, automaton, patterns, pattern_rules })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub(crate) fn rule(&self, index: u32) -> &Rule {
+        &self.rules[index as usize]
+    }
+
+    /// Every distinct literal the automaton holds.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Whether `message` holds any pattern: the whole test for most records.
+    pub(crate) fn any_pattern(&self, message: &[u8]) -> bool {
+        self.automaton.is_match(message)
+    }
+
+    /// Confirms the rules whose patterns occur in `message` for a record of `agents`,
+    /// leaving them in `scratch.hits`, primary first. Returns whether any rule confirmed.
+    pub(crate) fn confirm(&self, message: &[u8], agents: Agents, scratch: &mut Scratch) -> bool {
+        scratch.hits.clear();
+        scratch.candidates.clear();
+        scratch.seen.resize(self.rules.len(), false);
+        for hit in self.automaton.find_overlapping_iter(message) {
+            for &r in &self.pattern_rules[hit.pattern().as_usize()] {
+                if !std::mem::replace(&mut scratch.seen[r as usize], true) {
+                    scratch.candidates.push(r);
+                }
+            }
+        }
+        if scratch.candidates.is_empty() {
+            return false;
+        }
+
+        scratch.lower.clear();
+        scratch.lower.extend(message.iter().map(u8::to_ascii_lowercase));
+        for &r in &scratch.candidates {
+            scratch.seen[r as usize] = false;
+            let rule = &self.rules[r as usize];
+            if rule.agents.intersects(agents) && holds(rule, &scratch.lower) {
+                scratch.hits.push(r);
+            }
+        }
+        // Highest priority first; among equals, the rule loaded first.
+        scratch.hits.sort_by_key(|&r| (-self.rules[r as usize].priority, r));
+        !scratch.hits.is_empty()
+    }
+}
+
+/// Every `require` literal present and no `veto` literal, in the lowercased message.
+fn holds(rule: &Rule, lower: &[u8]) -> bool {
+    let has = |literal: &Vec<u8>| memchr::memmem::find(lower, literal).is_some();
+    rule.require.iter().all(has) && !rule.veto.iter().any(has)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(text: &str) -> RuleSet {
+        RuleSet::from_sources(&[("t.toml".into(), text.into())]).unwrap()
+    }
+
+    const TWO: &str = r#"
+[[rule]]
+id = "t.low"
+category = "container_runtime"
+severity = "error"
+priority = 40
+patterns = ["rpc error"]
+veto = ["code = NotFound"]
+summary = "generic"
+
+[[rule]]
+id = "t.high"
+category = "image_pull"
+severity = "error"
+priority = 60
+components = ["kubelet"]
+patterns = ["failed to pull image"]
+require = ["rpc error"]
+summary = "pull"
+"#;
+
+    fn hits<'a>(set: &'a RuleSet, message: &str, agents: Agents) -> Vec<&'a str> {
+        let mut scratch = Scratch::default();
+        set.confirm(message.as_bytes(), agents, &mut scratch);
+        scratch.hits.iter().map(|&r| set.rule(r).id.as_str()).collect()
+    }
+
+    #[test]
+    fn priority_orders_the_hits() {
+        let set = set(TWO);
+        let message = "Failed to pull image \"x\": RPC error: code = Unknown";
+        assert_eq!(hits(&set, message, Agents::KUBELET), ["t.high", "t.low"]);
+    }
+
+    #[test]
+    fn require_veto_and_components_confirm() {
+        let set = set(TWO);
+        assert_eq!(hits(&set, "failed to pull image x", Agents::KUBELET), Vec::<&str>::new());
+        assert_eq!(hits(&set, "rpc error: code = NotFound", Agents::ANY), Vec::<&str>::new());
+        let message = "failed to pull image: rpc error";
+        assert_eq!(hits(&set, message, Agents::CRIO), ["t.low"]);
+    }
+
+    #[test]
+    fn scratch_is_clean_between_records() {
+        let set = set(TWO);
+        let mut scratch = Scratch::default();
+        assert!(set.confirm(b"rpc error", Agents::ANY, &mut scratch));
+        assert!(set.confirm(b"rpc error again", Agents::ANY, &mut scratch));
+        assert_eq!(scratch.hits.len(), 1);
+    }
+
+    #[test]
+    fn patterns_are_distinct_case_insensitively() {
+        let text = TWO.replace("\"failed to pull image\"", "\"failed to pull image\", \"RPC ERROR\"");
+        assert_eq!(set(&text).patterns(), ["rpc error", "failed to pull image"]);
+    }
+}
