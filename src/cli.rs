@@ -159,11 +159,16 @@ fn settings(args: &RunArgs) -> Result<Settings, Failure> {
     let mut inputs = args.files.clone();
     inputs.extend(args.inputs.iter().cloned());
     if !inputs.is_empty() {
-        let parsed: Result<Vec<_>, String> = inputs.iter().map(|i| SourceConfig::from_url(i)).collect();
+        let parsed: Result<Vec<_>, String> =
+            inputs.iter().map(|i| SourceConfig::from_url(i)).collect();
         settings.sources = parsed.map_err(|e| usage(anyhow!(e)))?;
     }
     if !args.outputs.is_empty() {
-        let parsed: Result<Vec<_>, String> = args.outputs.iter().map(|o| SinkConfig::from_url(o)).collect();
+        let parsed: Result<Vec<_>, String> = args
+            .outputs
+            .iter()
+            .map(|o| SinkConfig::from_url(o))
+            .collect();
         settings.sinks = parsed.map_err(|e| usage(anyhow!(e)))?;
     }
     if let Some(dir) = &args.config.rules {
@@ -191,11 +196,19 @@ fn settings(args: &RunArgs) -> Result<Settings, Failure> {
 }
 
 fn run(args: RunArgs) -> Result<(), Failure> {
-    let level = if args.quiet { "warn" } else { args.log_level.as_str() };
+    let level = if args.quiet {
+        "warn"
+    } else {
+        args.log_level.as_str()
+    };
     init_logging(level, args.log_format).map_err(usage)?;
     let settings = settings(&args)?;
     let rules = load_rules(settings.rules_dir.as_deref())?;
-    tracing::info!(rules = rules.rules().len(), patterns = rules.patterns().len(), "rules loaded");
+    tracing::info!(
+        rules = rules.rules().len(),
+        patterns = rules.patterns().len(),
+        "rules loaded"
+    );
     for source in &settings.sources {
         source
             .open()
@@ -210,7 +223,11 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     });
     let stop = Stop::default();
     crate::signals::watch(stop.clone());
-    tracing::info!(threads = settings.threads, sources = settings.sources.len(), "started");
+    tracing::info!(
+        threads = settings.threads,
+        sources = settings.sources.len(),
+        "started"
+    );
     let finished = pipeline::run(&settings, tagger, stop)
         .context("cannot start the pipeline")
         .map_err(Failure::Runtime)?;
@@ -303,11 +320,18 @@ fn rules(command: RulesCommand) -> Result<(), Failure> {
             for failure in &failures {
                 println!("FAIL {failure}");
             }
-            println!("{} passed, {} failed", checked - failures.len(), failures.len());
+            println!(
+                "{} passed, {} failed",
+                checked - failures.len(),
+                failures.len()
+            );
             if failures.is_empty() {
                 Ok(())
             } else {
-                Err(Failure::Runtime(anyhow!("{} rule test(s) failed", failures.len())))
+                Err(Failure::Runtime(anyhow!(
+                    "{} rule test(s) failed",
+                    failures.len()
+                )))
             }
         }
         RulesCommand::Lint { dir } => {
@@ -320,7 +344,10 @@ fn rules(command: RulesCommand) -> Result<(), Failure> {
                 println!("ok: {} rules", rules.rules().len());
                 Ok(())
             } else {
-                Err(Failure::Runtime(anyhow!("{} lint problem(s)", problems.len())))
+                Err(Failure::Runtime(anyhow!(
+                    "{} lint problem(s)",
+                    problems.len()
+                )))
             }
         }
     }

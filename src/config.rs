@@ -48,7 +48,10 @@ pub struct TagConfig {
 
 impl Default for TagConfig {
     fn default() -> Self {
-        TagConfig { unmatched: Unmatched::Drop, shape: None }
+        TagConfig {
+            unmatched: Unmatched::Drop,
+            shape: None,
+        }
     }
 }
 
@@ -62,7 +65,11 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_line_bytes: 1 << 20, read_bytes: 256 * 1024, queue_batches: 16 }
+        LimitsConfig {
+            max_line_bytes: 1 << 20,
+            read_bytes: 256 * 1024,
+            queue_batches: 16,
+        }
     }
 }
 
@@ -95,10 +102,15 @@ impl PipelineConfig {
     pub fn load(file: Option<&Path>) -> Result<PipelineConfig, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
-            let source = config::File::from(file).format(config::FileFormat::Toml).required(true);
+            let source = config::File::from(file)
+                .format(config::FileFormat::Toml)
+                .required(true);
             builder = builder.add_source(source);
         }
-        let env = config::Environment::with_prefix("KUBETAG").separator("__").try_parsing(true);
+        let env = config::Environment::with_prefix("KUBETAG")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true);
         let error = |e: config::ConfigError| ConfigError::File {
             path: file.map_or_else(|| "environment".into(), |f| f.display().to_string()),
             message: e.to_string(),
@@ -129,7 +141,10 @@ impl Settings {
         let limits = config.limits;
         let positive = |key: &'static str, value: usize| {
             if value == 0 {
-                Err(ConfigError::Value { key, message: "must be greater than 0".into() })
+                Err(ConfigError::Value {
+                    key,
+                    message: "must be greater than 0".into(),
+                })
             } else {
                 Ok(value)
             }

@@ -47,7 +47,9 @@ pub(crate) struct DeadLetter {
 
 impl DeadLetter {
     pub(crate) fn open(path: &PathBuf) -> io::Result<DeadLetter> {
-        Ok(DeadLetter { writer: BufWriter::new(crate::sink::append(path)?) })
+        Ok(DeadLetter {
+            writer: BufWriter::new(crate::sink::append(path)?),
+        })
     }
 
     pub(crate) fn write(&mut self, source: &str, line: u64, reject: &Reject) -> io::Result<()> {

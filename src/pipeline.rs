@@ -70,7 +70,14 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
     let (pending, pending_queue) = flume::bounded::<Pending>(threads * 4);
 
     let workers: Vec<_> = (0..threads)
-        .map(|i| spawn_worker(i, job_queue.clone(), tagger.clone(), settings.max_line_bytes))
+        .map(|i| {
+            spawn_worker(
+                i,
+                job_queue.clone(),
+                tagger.clone(),
+                settings.max_line_bytes,
+            )
+        })
         .collect::<io::Result<_>>()?;
     drop(job_queue);
 
@@ -78,14 +85,22 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
     for config in &settings.sinks {
         sinks.push(Sink::start(config, settings.queue_batches)?);
     }
-    let dead_letter = settings.dead_letter.as_ref().map(DeadLetter::open).transpose()?;
+    let dead_letter = settings
+        .dead_letter
+        .as_ref()
+        .map(DeadLetter::open)
+        .transpose()?;
 
     let mut labels = Vec::new();
     let mut readers = Vec::new();
     for (index, config) in settings.sources.iter().enumerate() {
         let input = config.open()?;
         labels.push(config.label());
-        let feed = Feed { source: index, jobs: jobs.clone(), pending: pending.clone() };
+        let feed = Feed {
+            source: index,
+            jobs: jobs.clone(),
+            pending: pending.clone(),
+        };
         readers.push(spawn_reader(config, input, feed, settings, stop.clone())?);
     }
     drop((jobs, pending));
@@ -120,7 +135,10 @@ impl Feed {
     /// Queues a frame; false once the pipeline no longer takes any.
     fn send(&self, frame: Frame) -> bool {
         let (reply, result) = flume::bounded(1);
-        let pending = Pending { source: self.source, reply: result };
+        let pending = Pending {
+            source: self.source,
+            reply: result,
+        };
         self.pending.send(pending).is_ok() && self.jobs.send(Job { frame, reply }).is_ok()
     }
 }
@@ -133,23 +151,25 @@ fn spawn_reader(
     stop: Stop,
 ) -> io::Result<JoinHandle<io::Result<()>>> {
     let mut framer = Framer::new(settings.max_line_bytes, settings.read_bytes);
-    std::thread::Builder::new().name(format!("source {}", config.label())).spawn(move || {
-        let mut frames = Vec::new();
-        loop {
-            let n = framer.read(&mut *input, &mut frames)?;
-            if n == 0 {
-                framer.finish(&mut frames);
-            }
-            for frame in frames.drain(..) {
-                if !feed.send(frame) {
+    std::thread::Builder::new()
+        .name(format!("source {}", config.label()))
+        .spawn(move || {
+            let mut frames = Vec::new();
+            loop {
+                let n = framer.read(&mut *input, &mut frames)?;
+                if n == 0 {
+                    framer.finish(&mut frames);
+                }
+                for frame in frames.drain(..) {
+                    if !feed.send(frame) {
+                        return Ok(());
+                    }
+                }
+                if n == 0 || stop.requested() {
                     return Ok(());
                 }
             }
-            if n == 0 || stop.requested() {
-                return Ok(());
-            }
-        }
-    })
+        })
 }
 
 fn spawn_worker(
@@ -158,13 +178,15 @@ fn spawn_worker(
     tagger: Arc<Tagger>,
     max_line_bytes: usize,
 ) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(format!("tag {index}")).spawn(move || {
-        let mut worker = Worker::new(tagger);
-        while let Ok(job) = jobs.recv() {
-            let done = process(&mut worker, job.frame, max_line_bytes);
-            let _ = job.reply.send(done);
-        }
-    })
+    std::thread::Builder::new()
+        .name(format!("tag {index}"))
+        .spawn(move || {
+            let mut worker = Worker::new(tagger);
+            while let Ok(job) = jobs.recv() {
+                let done = process(&mut worker, job.frame, max_line_bytes);
+                let _ = job.reply.send(done);
+            }
+        })
 }
 
 /// Tags every line of a frame.
@@ -180,7 +202,8 @@ fn process(worker: &mut Worker, frame: Frame, max_line_bytes: usize) -> Done {
         Frame::Lines(bytes) => {
             let mut start = 0;
             while start < bytes.len() {
-                let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |at| start + at);
+                let end =
+                    memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |at| start + at);
                 done.counts.bytes += (end - start) as u64 + u64::from(end < bytes.len());
                 let line = match &bytes[start..end] {
                     [body @ .., b'\r'] => start..start + body.len(),
@@ -225,13 +248,20 @@ fn count(outcome: Outcome, bytes: &Bytes, line: std::ops::Range<usize>, done: &m
             done.counts.unmatched += 1;
             done.counts.omitted_messages += 1;
         }
-        Outcome::Malformed(reason) => reject(done, reason, bytes.slice(line.clone()), line.len() as u64),
+        Outcome::Malformed(reason) => {
+            reject(done, reason, bytes.slice(line.clone()), line.len() as u64)
+        }
     }
 }
 
 fn reject(done: &mut Done, reason: Malformed, raw: Bytes, len: u64) {
     done.counts.malformed(reason);
-    done.rejects.push(Reject { offset: done.lines, reason, raw, len });
+    done.rejects.push(Reject {
+        offset: done.lines,
+        reason,
+        raw,
+        len,
+    });
 }
 
 /// Puts results back in order and hands them on.
@@ -249,7 +279,15 @@ impl Collector {
     fn new(labels: Vec<String>, sinks: Vec<Sink>, dead_letter: Option<DeadLetter>) -> Collector {
         let lines = vec![0; labels.len()];
         let (counts, failures, logged) = (Counts::default(), Vec::new(), RateLimit::new());
-        Collector { labels, lines, sinks, dead_letter, counts, failures, logged }
+        Collector {
+            labels,
+            lines,
+            sinks,
+            dead_letter,
+            counts,
+            failures,
+            logged,
+        }
     }
 
     fn collect(&mut self, queue: &flume::Receiver<Pending>, stop: &Stop) {
@@ -288,7 +326,8 @@ impl Collector {
             return true;
         }
         let batch: Batch = Arc::new(done.out);
-        self.sinks.retain(|sink| sink.queue.send(batch.clone()).is_ok());
+        self.sinks
+            .retain(|sink| sink.queue.send(batch.clone()).is_ok());
         !self.sinks.is_empty()
     }
 
@@ -301,7 +340,9 @@ impl Collector {
         if let Some(dead_letter) = &mut self.dead_letter {
             match dead_letter.write(label, line, reject) {
                 Ok(()) => self.counts.dead_lettered += 1,
-                Err(e) => self.failures.push(format!("writing the dead-letter file: {e}")),
+                Err(e) => self
+                    .failures
+                    .push(format!("writing the dead-letter file: {e}")),
             }
         }
     }
@@ -310,7 +351,8 @@ impl Collector {
         self.logged.flush();
         if let Some(dead_letter) = &mut self.dead_letter {
             if let Err(e) = dead_letter.flush() {
-                self.failures.push(format!("writing the dead-letter file: {e}"));
+                self.failures
+                    .push(format!("writing the dead-letter file: {e}"));
             }
         }
         for sink in self.sinks.drain(..) {
@@ -323,7 +365,10 @@ impl Collector {
                 Err(_) => self.failures.push(format!("sink {} stopped", sink.label)),
             }
         }
-        Finished { counts: self.counts, failures: self.failures }
+        Finished {
+            counts: self.counts,
+            failures: self.failures,
+        }
     }
 }
 
@@ -337,7 +382,10 @@ impl RateLimit {
     const EVERY: Duration = Duration::from_secs(10);
 
     fn new() -> RateLimit {
-        RateLimit { last: None, suppressed: 0 }
+        RateLimit {
+            last: None,
+            suppressed: 0,
+        }
     }
 
     fn allow(&mut self) -> bool {

@@ -50,8 +50,14 @@ pub struct Verdict {
 
 impl Judge {
     pub fn new(rules: Arc<RuleSet>) -> Judge {
-        let tagger = Tagger { rules, shape: Shape::journald(), unmatched: Unmatched::Drop };
-        Judge { worker: Worker::new(Arc::new(tagger)) }
+        let tagger = Tagger {
+            rules,
+            shape: Shape::journald(),
+            unmatched: Unmatched::Drop,
+        };
+        Judge {
+            worker: Worker::new(Arc::new(tagger)),
+        }
     }
 
     /// Runs `message` through the same code as the pipeline, as a journalctl record.
@@ -67,7 +73,9 @@ impl Judge {
         let rules = tag["rules"].as_array().into_iter().flatten();
         Verdict {
             category: tag["category"].as_str().map(str::to_string),
-            rules: rules.filter_map(|r| r.as_str().map(str::to_string)).collect(),
+            rules: rules
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect(),
         }
     }
 }
@@ -83,7 +91,10 @@ pub fn test(rules: Arc<RuleSet>, cases: &[Case]) -> (usize, Vec<String>) {
             checked += 1;
             let verdict = judge.judge("", example);
             if !verdict.rules.iter().any(|r| r == id) {
-                failures.push(format!("{id}: example not tagged by it ({}): {example}", fired(&verdict)));
+                failures.push(format!(
+                    "{id}: example not tagged by it ({}): {example}",
+                    fired(&verdict)
+                ));
             }
         }
         for near in &rule.near_misses {
@@ -138,7 +149,9 @@ pub fn lint(rules: &RuleSet) -> Vec<String> {
         }
         for pattern in &rule.patterns {
             if pattern.len() < MIN_PATTERN_BYTES {
-                problems.push(format!("{id}: pattern {pattern:?} is shorter than {MIN_PATTERN_BYTES} bytes"));
+                problems.push(format!(
+                    "{id}: pattern {pattern:?} is shorter than {MIN_PATTERN_BYTES} bytes"
+                ));
             }
         }
         // A pattern containing another pattern of the same rule can never add a hit.
@@ -159,15 +172,34 @@ pub fn explain(rules: &RuleSet, name: &str) -> Option<String> {
     let mut text = String::new();
     if let Some(category) = Category::from_id(name) {
         let info = category.info();
-        let _ = writeln!(text, "{} ({})\n\n{}\n", info.title, info.id, wrap(info.about));
+        let _ = writeln!(
+            text,
+            "{} ({})\n\n{}\n",
+            info.title,
+            info.id,
+            wrap(info.about)
+        );
         let _ = writeln!(text, "Rules:");
         for rule in rules.rules().iter().filter(|r| r.category == category) {
-            let _ = writeln!(text, "  {:<40} {:<8} {}", rule.id, rule.severity.name(), rule.summary);
+            let _ = writeln!(
+                text,
+                "  {:<40} {:<8} {}",
+                rule.id,
+                rule.severity.name(),
+                rule.summary
+            );
         }
         return Some(text);
     }
     let rule = rules.rules().iter().find(|r| r.id.as_str() == name)?;
-    let _ = writeln!(text, "{} [{} / {}]\n\n{}\n", rule.id, rule.category, rule.severity.name(), wrap(&rule.summary));
+    let _ = writeln!(
+        text,
+        "{} [{} / {}]\n\n{}\n",
+        rule.id,
+        rule.category,
+        rule.severity.name(),
+        wrap(&rule.summary)
+    );
     let list = |text: &mut String, title: &str, items: &[String]| {
         if !items.is_empty() {
             let _ = writeln!(text, "{title}:");
@@ -180,13 +212,21 @@ pub fn explain(rules: &RuleSet, name: &str) -> Option<String> {
     list(&mut text, "Probable causes", &rule.cause);
     list(&mut text, "Remediation", &rule.remediation);
     list(&mut text, "Patterns", &rule.patterns);
-    list(&mut text, "Example", &rule.examples[..rule.examples.len().min(1)]);
+    list(
+        &mut text,
+        "Example",
+        &rule.examples[..rule.examples.len().min(1)],
+    );
     Some(text)
 }
 
 /// Known names, for an error message.
 pub fn names() -> String {
-    CATEGORIES.iter().map(|c| c.id).collect::<Vec<_>>().join(", ")
+    CATEGORIES
+        .iter()
+        .map(|c| c.id)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn wrap(text: &str) -> String {

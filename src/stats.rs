@@ -75,7 +75,9 @@ impl Counts {
             bytes_read: self.bytes,
             tagged: self.tagged,
             tagged_by_category: named(
-                Category::all().map(|c| (c.id().to_string(), self.by_category[c.index()])).collect(),
+                Category::all()
+                    .map(|c| (c.id().to_string(), self.by_category[c.index()]))
+                    .collect(),
             ),
             tagged_by_rule: named(
                 self.by_rule
@@ -88,7 +90,10 @@ impl Counts {
             omitted_messages: self.omitted_messages,
             malformed: self.malformed_total(),
             malformed_by_reason: named(
-                Malformed::ALL.iter().map(|m| (m.name().to_string(), self.malformed[m.index()])).collect(),
+                Malformed::ALL
+                    .iter()
+                    .map(|m| (m.name().to_string(), self.malformed[m.index()]))
+                    .collect(),
             ),
             dead_lettered: self.dead_lettered,
             forwarded: self.forwarded,
@@ -123,7 +128,10 @@ impl Report {
             let _ = write!(text, ", {} dead-lettered", self.dead_lettered);
         }
         let list = |map: &std::collections::BTreeMap<String, u64>| {
-            map.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+            map.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         if !self.tagged_by_category.is_empty() {
             let _ = write!(text, "\n  tagged: {}", list(&self.tagged_by_category));

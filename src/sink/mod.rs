@@ -26,10 +26,14 @@ impl SinkConfig {
             return Ok(SinkConfig::Stdout);
         }
         if let Some(path) = url.strip_prefix("file:") {
-            return Ok(SinkConfig::File { path: path.trim_start_matches("//").into() });
+            return Ok(SinkConfig::File {
+                path: path.trim_start_matches("//").into(),
+            });
         }
         if let Some((scheme, _)) = url.split_once("://") {
-            return Err(format!("output scheme {scheme}:// is not supported by this build"));
+            return Err(format!(
+                "output scheme {scheme}:// is not supported by this build"
+            ));
         }
         Ok(SinkConfig::File { path: url.into() })
     }
@@ -76,7 +80,12 @@ impl Sink {
         let thread = std::thread::Builder::new()
             .name(format!("sink {label}"))
             .spawn(move || write_batches(batches, writer))?;
-        Ok(Sink { label, queue, thread, is_stdout: *config == SinkConfig::Stdout })
+        Ok(Sink {
+            label,
+            queue,
+            thread,
+            is_stdout: *config == SinkConfig::Stdout,
+        })
     }
 }
 

@@ -27,12 +27,21 @@ pub(crate) struct Framer {
 
 impl Framer {
     pub(crate) fn new(max_line_bytes: usize, read_bytes: usize) -> Framer {
-        Framer { buf: BytesMut::new(), max_line_bytes, read_bytes, skipping: None }
+        Framer {
+            buf: BytesMut::new(),
+            max_line_bytes,
+            read_bytes,
+            skipping: None,
+        }
     }
 
     /// Reads once from `reader`, appending the frames that are complete. Returns the bytes
     /// read: 0 at end of input.
-    pub(crate) fn read(&mut self, reader: &mut dyn Read, out: &mut Vec<Frame>) -> io::Result<usize> {
+    pub(crate) fn read(
+        &mut self,
+        reader: &mut dyn Read,
+        out: &mut Vec<Frame>,
+    ) -> io::Result<usize> {
         let start = self.buf.len();
         self.buf.resize(start + self.read_bytes, 0);
         let read = loop {
@@ -64,7 +73,10 @@ impl Framer {
                 return;
             };
             let _ = self.buf.split_to(at + 1);
-            out.push(Frame::Oversize { prefix, len: len + at as u64 });
+            out.push(Frame::Oversize {
+                prefix,
+                len: len + at as u64,
+            });
             fresh = 0;
         }
         if let Some(at) = memchr::memrchr(b'\n', &self.buf[fresh..]) {
@@ -112,7 +124,10 @@ mod tests {
 
     #[test]
     fn whole_lines_only() {
-        assert_eq!(frames(&[b"ab\ncd", b"e\nf"], 100), ["L:ab\n", "L:cde\n", "L:f"]);
+        assert_eq!(
+            frames(&[b"ab\ncd", b"e\nf"], 100),
+            ["L:ab\n", "L:cde\n", "L:f"]
+        );
     }
 
     #[test]

@@ -26,10 +26,14 @@ impl SourceConfig {
             return Ok(SourceConfig::Stdin);
         }
         if let Some(path) = url.strip_prefix("file:") {
-            return Ok(SourceConfig::File { path: path.trim_start_matches("//").into() });
+            return Ok(SourceConfig::File {
+                path: path.trim_start_matches("//").into(),
+            });
         }
         if let Some((scheme, _)) = url.split_once("://") {
-            return Err(format!("input scheme {scheme}:// is not supported by this build"));
+            return Err(format!(
+                "input scheme {scheme}:// is not supported by this build"
+            ));
         }
         Ok(SourceConfig::File { path: url.into() })
     }

@@ -57,7 +57,10 @@ static GENERIC: LazyLock<Vec<Regex>> = LazyLock::new(|| {
         r"\bid=(?P<container_id>[0-9a-f]{64})\b".into(),
         r"(?i)\bcontainer (?P<container_id>[0-9a-f]{64})\b".into(),
     ];
-    sources.iter().map(|s| Regex::new(s).expect("built-in extractor compiles")).collect()
+    sources
+        .iter()
+        .map(|s| Regex::new(s).expect("built-in extractor compiles"))
+        .collect()
 });
 
 /// Fills `attributes` from `message`, keeping what an earlier source already set.
@@ -91,7 +94,10 @@ fn captures(attributes: &mut Attributes, regex: &Regex, message: &[u8]) {
 
 fn from_fields(attributes: &mut Attributes, header: &LogHeader) {
     // `pod="ns/name"`, and the object of kubelet's own event lines.
-    let object = header.get("kind").filter(|kind| *kind == "Pod").and(header.get("object"));
+    let object = header
+        .get("kind")
+        .filter(|kind| *kind == "Pod")
+        .and(header.get("object"));
     if let Some((namespace, pod)) = header.get("pod").or(object).and_then(|p| p.split_once('/')) {
         set(attributes, "namespace", namespace);
         set(attributes, "pod", pod);
@@ -134,7 +140,8 @@ mod tests {
 
     #[test]
     fn extraction_table() {
-        let cases: &[(&str, &str, &[(&str, &str)])] = &[
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
             (
                 "image of a pull failure",
                 r#"Failed to pull image "registry.example.com/app:v1": rpc error"#,
@@ -143,7 +150,10 @@ mod tests {
             (
                 "volume of a mount failure",
                 r#"MountVolume.MountDevice failed for volume "pvc-4d70c760-a4b0-11e9-8376-1866da0e836f" : driver"#,
-                &[("k8s.volume.name", "pvc-4d70c760-a4b0-11e9-8376-1866da0e836f")],
+                &[(
+                    "k8s.volume.name",
+                    "pvc-4d70c760-a4b0-11e9-8376-1866da0e836f",
+                )],
             ),
             (
                 "structured pod and container",
@@ -168,7 +178,10 @@ mod tests {
             (
                 "containerd task id",
                 r#"time="2023-09-01T19:12:33Z" level=info msg="TaskOOM event container_id:\"4bcba7fc4369fee4d7d2e6263b58fce52cfc928c6a31cfac4d43c838708991ce\"""#,
-                &[("container.id", "4bcba7fc4369fee4d7d2e6263b58fce52cfc928c6a31cfac4d43c838708991ce")],
+                &[(
+                    "container.id",
+                    "4bcba7fc4369fee4d7d2e6263b58fce52cfc928c6a31cfac4d43c838708991ce",
+                )],
             ),
         ];
         let mut names: Vec<&str> = cases.iter().map(|c| c.0).collect();

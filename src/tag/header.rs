@@ -32,7 +32,10 @@ fn as_map<S: serde::Serializer>(fields: &[(String, String)], s: S) -> Result<S::
 
 impl LogHeader {
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
-        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -56,15 +59,23 @@ fn klog(message: &str) -> Option<LogHeader> {
         b'F' => "fatal",
         _ => return None,
     };
-    let date = message.get(1..5).filter(|d| d.bytes().all(|b| b.is_ascii_digit()))?;
+    let date = message
+        .get(1..5)
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))?;
     let rest = message[5..].strip_prefix(' ')?;
     let (clock, rest) = rest.split_once(' ')?;
-    if clock.len() < 8 || !clock.bytes().all(|b| b.is_ascii_digit() || b == b':' || b == b'.') {
+    if clock.len() < 8
+        || !clock
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b':' || b == b'.')
+    {
         return None;
     }
     let rest = rest.trim_start();
     let (thread, rest) = rest.split_once(' ')?;
-    let (source, text) = rest.split_once("] ").or_else(|| rest.strip_suffix(']').map(|s| (s, "")))?;
+    let (source, text) = rest
+        .split_once("] ")
+        .or_else(|| rest.strip_suffix(']').map(|s| (s, "")))?;
     if !source.contains(':') || source.contains(' ') {
         return None;
     }
@@ -119,7 +130,11 @@ fn json(message: &str) -> Option<LogHeader> {
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(ms.max(0.0) / 1e3);
         humantime::format_rfc3339_millis(time).to_string()
     });
-    let level = if object.contains_key("err") { "error" } else { "info" };
+    let level = if object.contains_key("err") {
+        "error"
+    } else {
+        "info"
+    };
     let skip = ["ts", "caller", "msg", "v"];
     let fields = object
         .iter()
@@ -168,7 +183,9 @@ fn logfmt(mut text: &str) -> Vec<(String, String)> {
             break;
         };
         let key_ok = !key.is_empty()
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
         if !key_ok || fields.len() == MAX_FIELDS {
             break;
         }
@@ -191,7 +208,9 @@ mod tests {
     use super::*;
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -203,8 +222,14 @@ mod tests {
         assert_eq!(header.source.as_deref(), Some("kuberuntime_sandbox.go:72"));
         assert_eq!(header.time.as_deref(), Some("0207 02:49:40.739041"));
         assert_eq!(header.thread, Some(24578));
-        assert_eq!(header.message.as_deref(), Some("Failed to create sandbox for pod"));
-        let want = [("err", "rpc error: code = DeadlineExceeded desc = \"x\""), ("pod", "default/podX")];
+        assert_eq!(
+            header.message.as_deref(),
+            Some("Failed to create sandbox for pod")
+        );
+        let want = [
+            ("err", "rpc error: code = DeadlineExceeded desc = \"x\""),
+            ("pod", "default/podX"),
+        ];
         assert_eq!(header.fields, pairs(&want));
     }
 
@@ -230,9 +255,15 @@ mod tests {
         let header = parse(line).unwrap();
         assert_eq!(header.format, "logrus");
         assert_eq!(header.level.as_deref(), Some("debug"));
-        assert_eq!(header.time.as_deref(), Some("2021-02-06T17:10:24.990867899+01:00"));
+        assert_eq!(
+            header.time.as_deref(),
+            Some("2021-02-06T17:10:24.990867899+01:00")
+        );
         assert_eq!(header.message.as_deref(), Some("failed to delete task"));
-        assert_eq!(header.fields, pairs(&[("error", "rpc error: code = NotFound"), ("id", "db2e")]));
+        assert_eq!(
+            header.fields,
+            pairs(&[("error", "rpc error: code = NotFound"), ("id", "db2e")])
+        );
     }
 
     #[test]

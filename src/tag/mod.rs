@@ -43,7 +43,10 @@ pub struct Tagger {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// Tagged by the rule with this index, primary category given.
-    Tagged { rule: u32, category: Category },
+    Tagged {
+        rule: u32,
+        category: Category,
+    },
     Unmatched,
     /// Unmatched because journalctl left the message out (`null`, over 4096 bytes).
     Omitted,
@@ -60,7 +63,12 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn new(tagger: Arc<Tagger>) -> Worker {
-        Worker { tagger, fields: Vec::new(), message: Vec::new(), matches: Scratch::default() }
+        Worker {
+            tagger,
+            fields: Vec::new(),
+            message: Vec::new(),
+            matches: Scratch::default(),
+        }
     }
 
     /// Judges one line (without its newline) and appends what is forwarded to `out`.
@@ -79,7 +87,11 @@ impl Worker {
             Ok(close) => close,
             Err(reason) => return Outcome::Malformed(reason),
         };
-        let record = Record { line, fields: &self.fields, close };
+        let record = Record {
+            line,
+            fields: &self.fields,
+            close,
+        };
         let tagger = &*self.tagger;
         let text = match record.message(&tagger.shape, &mut self.message) {
             Ok(Message::Text(text)) => text,
@@ -91,14 +103,20 @@ impl Worker {
         }
 
         let component = component::classify(record.first_text(&tagger.shape.component).as_deref());
-        if !tagger.rules.confirm(&text, component.agents, &mut self.matches) {
+        if !tagger
+            .rules
+            .confirm(&text, component.agents, &mut self.matches)
+        {
             return Outcome::Unmatched;
         }
         let hits = &self.matches.hits;
         let tag = build_tag(tagger, &record, &text, &component, hits);
         write_tagged(&record, &tag, out);
         let rule = hits[0];
-        Outcome::Tagged { rule, category: tagger.rules.rule(rule).category }
+        Outcome::Tagged {
+            rule,
+            category: tagger.rules.rule(rule).category,
+        }
     }
 }
 
@@ -149,7 +167,10 @@ fn build_tag<'a>(
         category: primary.category.id(),
         categories,
         rule: primary.id.as_str(),
-        rules: hits.iter().map(|&r| tagger.rules.rule(r).id.as_str()).collect(),
+        rules: hits
+            .iter()
+            .map(|&r| tagger.rules.rule(r).id.as_str())
+            .collect(),
         severity: primary.severity.name(),
         component: &component.name,
         summary: &primary.summary,
@@ -163,7 +184,11 @@ fn build_tag<'a>(
 
 /// RFC 3339 from journald's microseconds since the epoch.
 fn timestamp(record: &Record<'_>, shape: &Shape) -> Option<String> {
-    let micros: u64 = record.first_text(&shape.realtime_usec)?.trim().parse().ok()?;
+    let micros: u64 = record
+        .first_text(&shape.realtime_usec)?
+        .trim()
+        .parse()
+        .ok()?;
     let time = UNIX_EPOCH.checked_add(Duration::from_micros(micros))?;
     Some(humantime::format_rfc3339_micros(time).to_string())
 }
@@ -199,7 +224,11 @@ mod tests {
 
     fn worker(unmatched: Unmatched) -> Worker {
         let rules = Arc::new(RuleSet::shipped().expect("shipped rules load"));
-        Worker::new(Arc::new(Tagger { rules, shape: Shape::journald(), unmatched }))
+        Worker::new(Arc::new(Tagger {
+            rules,
+            shape: Shape::journald(),
+            unmatched,
+        }))
     }
 
     fn run(worker: &mut Worker, line: &str) -> (Outcome, String) {
@@ -220,7 +249,10 @@ mod tests {
         assert_eq!(tag["category"], "image_pull");
         assert_eq!(tag["component"], "kubelet");
         assert_eq!(tag["attributes"]["k8s.node.name"], "node-1");
-        assert_eq!(tag["attributes"]["container.image.name"], "myrepo/myapp:v1.0");
+        assert_eq!(
+            tag["attributes"]["container.image.name"],
+            "myrepo/myapp:v1.0"
+        );
         assert_eq!(tag["log"]["format"], "klog");
         assert_eq!(tag["log"]["source"], "kuberuntime_image.go:53");
         assert_eq!(tag["timestamp"], "2023-11-14T22:13:20.123456Z");
@@ -248,7 +280,13 @@ mod tests {
     #[test]
     fn malformed_lines_are_not_forwarded() {
         let mut worker = worker(Unmatched::Pass);
-        assert_eq!(run(&mut worker, "{\"MESSAGE\":"), (Outcome::Malformed(Malformed::Truncated), String::new()));
-        assert_eq!(run(&mut worker, "{}").0, Outcome::Malformed(Malformed::NoMessage));
+        assert_eq!(
+            run(&mut worker, "{\"MESSAGE\":"),
+            (Outcome::Malformed(Malformed::Truncated), String::new())
+        );
+        assert_eq!(
+            run(&mut worker, "{}").0,
+            Outcome::Malformed(Malformed::NoMessage)
+        );
     }
 }

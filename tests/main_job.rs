@@ -1,0 +1,514 @@
+//! The main job end to end: real journal files, real `journalctl -o json`, the real binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn categories(out: &[u8]) -> Vec<String> {
+    lines(out)
+        .iter()
+        .map(|v| v["kubetag"]["category"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn shipped_sample_journal_yields_exactly_the_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = std::fs::read(root().join("examples/node.export")).unwrap();
+    let journal = journal_from_export(dir.path(), &export);
+    let input = journalctl_json(&journal, &[]);
+    let output = run(
+        &["--stats-file", dir.path().join("s.json").to_str().unwrap()],
+        &input,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let records = lines(&output.stdout);
+    let got: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["MESSAGE"].as_str().unwrap(),
+                r["kubetag"]["category"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let want = [
+        ("pull access denied", "image_pull"),
+        ("failed to create shim task", "container_runtime"),
+        ("cgroup: cannot allocate resource", "cgroup"),
+        ("MountVolume.MountDevice failed", "volume_mount"),
+        ("Unable to register node", "node_registration"),
+        ("Error getting node", "node_registration"),
+        ("cni plugin not initialized", "cni_network"),
+        ("PLEG is not healthy", "pleg"),
+    ];
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for ((message, category), (needle, expected)) in got.iter().zip(want) {
+        assert!(message.contains(needle), "{message} lacks {needle}");
+        assert_eq!(*category, expected, "{message}");
+    }
+    for record in &records {
+        let tag = &record["kubetag"];
+        assert!(!tag["cause"].as_array().unwrap().is_empty(), "{tag}");
+        assert!(!tag["remediation"].as_array().unwrap().is_empty(), "{tag}");
+        assert_eq!(tag["attributes"]["k8s.node.name"], "node-1");
+        assert_eq!(tag["component"], "kubelet");
+        assert!(tag["timestamp"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-12-04T09:00:"));
+    }
+    assert_eq!(
+        records[0]["kubetag"]["attributes"]["container.image.name"],
+        "myrepo/myapp:v1.0"
+    );
+    assert_eq!(
+        records[3]["kubetag"]["attributes"]["k8s.volume.name"],
+        "pvc-8e4b2a10-1c3d-4e5f-a6b7-c8d9e0f1a2b3"
+    );
+    assert_eq!(
+        records[1]["kubetag"]["attributes"]["k8s.pod.name"],
+        "cart-5f6d"
+    );
+
+    let stats = stats(&dir.path().join("s.json"));
+    assert_eq!(stats["records_read"], 20);
+    assert_eq!(stats["tagged"], 8);
+    assert_eq!(stats["unmatched"], 12);
+    assert_eq!(stats["malformed"], 0);
+}
+
+#[test]
+fn byte_array_null_and_multi_valued_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("Failed to pull image \"big:1\": {}", "x".repeat(5000));
+    let mut multi = Entry::new(3, "kubelet.service", "first line, nothing wrong");
+    multi.set(
+        "MESSAGE",
+        "Failed to pull image \"multi:2\": rpc error: code = NotFound",
+    );
+    let entries = [
+        Entry::new(
+            1,
+            "kubelet.service",
+            b"\x1b[31mFailed to pull image \"colour:1\": not found\xff".to_vec(),
+        ),
+        Entry::new(2, "kubelet.service", long.as_bytes().to_vec()),
+        multi,
+    ];
+    let journal = journal(dir.path(), &entries);
+    let input = journalctl_json(&journal, &[]);
+    let text = String::from_utf8_lossy(&input);
+    assert!(
+        text.contains("\"MESSAGE\":[27,"),
+        "journalctl prints bytes: {text}"
+    );
+    assert!(
+        text.contains("\"MESSAGE\":null"),
+        "journalctl omits long values: {text}"
+    );
+    assert!(
+        text.contains("\"MESSAGE\":[\"first line"),
+        "several values: {text}"
+    );
+
+    let output = run(&["--unmatched", "pass"], &input);
+    assert!(output.status.success());
+    let records = lines(&output.stdout);
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0]["kubetag"]["category"], "image_pull");
+    assert_eq!(
+        records[0]["MESSAGE"][0], 27,
+        "the byte array is forwarded unchanged"
+    );
+    assert!(
+        records[1].get("kubetag").is_none(),
+        "null message stays unmatched"
+    );
+    assert!(records[1]["MESSAGE"].is_null());
+    assert_eq!(records[2]["kubetag"]["category"], "image_pull");
+    assert_eq!(
+        records[2]["kubetag"]["attributes"]["container.image.name"],
+        "multi:2"
+    );
+
+    // With --all journalctl prints the long value, and it is tagged.
+    let input = journalctl_json(&journal, &["--all"]);
+    assert_eq!(categories(&run(&[], &input).stdout), ["image_pull"; 3]);
+}
+
+#[test]
+fn unmatched_pass_is_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = std::fs::read(root().join("examples/node.export")).unwrap();
+    let input = journalctl_json(&journal_from_export(dir.path(), &export), &[]);
+    let output = run(&["--unmatched", "pass"], &input);
+    assert!(output.status.success());
+
+    let inputs: Vec<&[u8]> = input
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let outputs: Vec<&[u8]> = output
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(inputs.len(), outputs.len());
+    let mut tagged = 0;
+    for (input, output) in inputs.iter().zip(&outputs) {
+        if input == output {
+            continue;
+        }
+        // A tagged record is the original with the tag appended before the closing brace.
+        let body = &input[..input.len() - 1];
+        assert!(
+            output.starts_with(body),
+            "{}",
+            String::from_utf8_lossy(output)
+        );
+        assert!(output[body.len()..].starts_with(b",\"kubetag\":{"));
+        tagged += 1;
+    }
+    assert_eq!(tagged, 8);
+}
+
+#[test]
+fn every_kind_of_bad_input_is_counted_and_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"{"_SYSTEMD_UNIT":"kubelet.service","MESSAGE":"Failed to pull image \"a:1\": rpc error: code = NotFound"}"#;
+    let mut input = Vec::new();
+    let mut add = |line: &[u8]| {
+        input.extend_from_slice(line);
+        input.push(b'\n');
+    };
+    add(good.as_bytes());
+    add(b"not json at all");
+    add(br#"{"MESSAGE":"Failed to pull image \"cut"#);
+    add(b"[1,2,3]");
+    add(b"");
+    add(format!("{good}\r").as_bytes());
+    add(b"{\"MESSAGE\":\"Failed to pull image \xff\"}");
+    add(format!("{{\"MESSAGE\":{}1{}}}", "[".repeat(500), "]".repeat(500)).as_bytes());
+    add(format!("{{\"MESSAGE\":\"{}\"}}", "y".repeat(3 << 20)).as_bytes());
+    add(good.as_bytes());
+    add(br#"{"_SYSTEMD_UNIT":"kubelet.service"}"#);
+    add(br#"{"MESSAGE":42}"#);
+    input.extend_from_slice(good.as_bytes()); // no final newline
+
+    let stats_path = dir.path().join("stats.json");
+    let dead_path = dir.path().join("dead.jsonl");
+    let args = [
+        "--stats-file",
+        stats_path.to_str().unwrap(),
+        "--dead-letter",
+        dead_path.to_str().unwrap(),
+    ];
+    let output = run(&args, &input);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(categories(&output.stdout), ["image_pull"; 4]);
+
+    let stats = stats(&stats_path);
+    assert_eq!(stats["records_read"], 13);
+    assert_eq!(stats["tagged"], 4);
+    assert_eq!(stats["unmatched"], 0);
+    assert_eq!(stats["malformed"], 9);
+    assert_eq!(stats["dead_lettered"], 9);
+    let reasons = &stats["malformed_by_reason"];
+    for (reason, n) in [
+        ("syntax", 2),
+        ("truncated", 1),
+        ("not_object", 1),
+        ("empty", 1),
+        ("invalid_utf8", 1),
+        ("too_long", 1),
+        ("no_message", 1),
+        ("message_type", 1),
+    ] {
+        assert_eq!(reasons[reason], n, "{reason}: {reasons}");
+    }
+
+    let dead = lines(&std::fs::read(&dead_path).unwrap());
+    let where_: Vec<(u64, &str)> = dead
+        .iter()
+        .map(|d| (d["line"].as_u64().unwrap(), d["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        where_,
+        [
+            (2, "syntax"),
+            (3, "truncated"),
+            (4, "not_object"),
+            (5, "empty"),
+            (7, "invalid_utf8"),
+            (8, "syntax"),
+            (9, "too_long"),
+            (11, "no_message"),
+            (12, "message_type"),
+        ]
+    );
+    assert_eq!(dead[0]["raw"], "not json at all");
+    assert!(dead[4]["raw"].is_array(), "invalid UTF-8 is kept as bytes");
+    assert_eq!(dead[6]["truncated"], true);
+    assert_eq!(dead[6]["bytes"], (3 << 20) + 14);
+}
+
+#[test]
+fn a_long_line_split_across_reads_is_skipped_in_bounded_memory() {
+    let good = r#"{"MESSAGE":"Failed to pull image \"a:1\": rpc error: code = NotFound"}"#;
+    let mut input = format!("{{\"MESSAGE\":\"{}\"}}\n", "z".repeat(20 << 20)).into_bytes();
+    input.extend_from_slice(good.as_bytes());
+    input.push(b'\n');
+    let output = run(&["--max-line-bytes", "65536"], &input);
+    assert!(output.status.success());
+    assert_eq!(categories(&output.stdout), ["image_pull"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("too_long 1"), "{stderr}");
+}
+
+#[test]
+fn follow_mode_writes_each_tagged_line_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = [Entry::new(
+        1,
+        "kubelet.service",
+        "Failed to pull image \"f:1\": rpc error: code = NotFound",
+    )];
+    let journal = journal(dir.path(), &entries);
+
+    // journalctl -f never ends; the record must come through while it runs.
+    let mut journalctl = std::process::Command::new("journalctl")
+        .arg("--file")
+        .arg(&journal)
+        .args(["-o", "json", "-f", "--no-pager"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = kubetag()
+        .stdin(journalctl.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = line_reader(child.stdout.take().unwrap());
+    let line = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a tagged line while -f runs");
+    assert!(line.contains("\"category\":\"image_pull\""), "{line}");
+    journalctl.kill().unwrap();
+    let _ = journalctl.wait();
+    assert!(child.wait().unwrap().success());
+
+    // A line written to an open stdin appears without the stream ending.
+    let mut child = kubetag()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = line_reader(child.stdout.take().unwrap());
+    for n in 0..3 {
+        let started = Instant::now();
+        let record = format!(
+            r#"{{"MESSAGE":"Failed to pull image \"app{n}\": rpc error: code = NotFound"}}"#
+        );
+        writeln!(stdin, "{record}").unwrap();
+        stdin.flush().unwrap();
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the line comes at once");
+        assert!(line.contains(&format!("app{n}")), "{line}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+/// Lines of `output` on a channel, so a test can wait for one with a deadline.
+fn line_reader(output: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let record = r#"{"MESSAGE":"Failed to pull image \"app\": rpc error: code = NotFound"}"#;
+    let mut child = kubetag()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    writeln!(stdin, "{record}").unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("image_pull"), "{line}");
+    drop(reader);
+    // Keep writing until kubetag notices its output is gone.
+    for _ in 0..10_000 {
+        if writeln!(stdin, "{record}").is_err() {
+            break;
+        }
+    }
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn files_and_stdin_as_inputs_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.json");
+    std::fs::write(
+        &file,
+        "{\"MESSAGE\":\"Failed to pull image one:1: rpc error: code = NotFound\"}\n",
+    )
+    .unwrap();
+    let stdin = b"{\"MESSAGE\":\"Failed to pull image two:1: rpc error: code = NotFound\"}\n";
+    let output = run(&[file.to_str().unwrap(), "-"], stdin);
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("one") && text.contains("two"), "{text}");
+
+    let output = run(&[dir.path().join("missing").to_str().unwrap()], b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot open input"));
+}
+
+#[test]
+fn config_file_environment_and_flags_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, "[tag]\nunmatched = \"pass\"\n").unwrap();
+    let chatter = b"{\"MESSAGE\":\"Started Kubernetes kubelet.\"}\n";
+    let config = config.to_str().unwrap();
+
+    let output = run(&["--config", config], chatter);
+    assert_eq!(output.stdout, chatter, "the file turns pass-through on");
+
+    let mut child = kubetag();
+    child.env("KUBETAG_TAG__UNMATCHED", "drop");
+    let output = with_env_run(child, &["--config", config], chatter);
+    assert!(
+        output.stdout.is_empty(),
+        "the environment overrides the file"
+    );
+
+    let mut child = kubetag();
+    child.env("KUBETAG_TAG__UNMATCHED", "drop");
+    let output = with_env_run(child, &["--config", config, "--unmatched", "pass"], chatter);
+    assert_eq!(output.stdout, chatter, "flags override the environment");
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[limits]\nmax_line_bytes = \"lots\"\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.toml");
+    let output = run(&["--config", bad.to_str().unwrap()], b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("max_line_bytes"));
+}
+
+fn with_env_run(
+    mut command: std::process::Command,
+    args: &[&str],
+    input: &[u8],
+) -> std::process::Output {
+    let mut child = command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_broken_rules_directory_is_refused_with_file_rule_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = "[[rule]]\nid = \"demo.one\"\ncategory = \"image_pulls\"\nseverity = \"error\"\n\
+                patterns = [\"failed to pull image\"]\nsummary = \"x\"\n";
+    std::fs::write(dir.path().join("demo.toml"), rule).unwrap();
+    let rules = dir.path().to_str().unwrap();
+
+    let output = run(&["--rules", rules], b"");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("demo.toml: rule demo.one: key category"),
+        "{stderr}"
+    );
+
+    let output = kubetag_tool()
+        .args(["check", "--rules", rules])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("key category"));
+
+    let output = kubetag_tool()
+        .args(["check", "--config"])
+        .arg(root().join("pipeline.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn shipped_rules_pass_their_examples_near_misses_and_the_real_cases() {
+    let output = kubetag_tool()
+        .args(["rules", "test", "--cases"])
+        .arg(root().join("tests/cases/real-messages.jsonl"))
+        .arg("--cases")
+        .arg(root().join("tests/cases/public-samples.jsonl"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+}
+
+#[test]
+fn rules_patterns_lists_the_automaton() {
+    let output = kubetag_tool().args(["rules", "patterns"]).output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.lines().count() > 50);
+    assert!(
+        text.lines()
+            .any(|l| l.eq_ignore_ascii_case("PLEG is not healthy")),
+        "{text}"
+    );
+}
