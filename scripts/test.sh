@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine, installing what the tests need:
+# systemd-journal-remote (to make real journal files) and journalctl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /lib/systemd/systemd-journal-remote ] || [ -x /usr/lib/systemd/systemd-journal-remote ] \
+  || need+=(systemd-journal-remote)
+command -v journalctl >/dev/null || need+=(systemd)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo test --locked --all-targets
+cargo run --locked --quiet -- rules lint
