@@ -34,14 +34,14 @@ pub enum Unmatched {
 
 /// How records are judged: the rules, the field names, the unmatched policy.
 pub struct Tagger {
-    pub(crate) rules: Arc<RuleSet>,
-    pub(crate) shape: Shape,
-    pub(crate) unmatched: Unmatched,
+    pub rules: Arc<RuleSet>,
+    pub shape: Shape,
+    pub unmatched: Unmatched,
 }
 
 /// The verdict on one line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// Tagged by the rule with this index, primary category given.
     Tagged {
         rule: u32,
@@ -54,7 +54,7 @@ pub(crate) enum Outcome {
 }
 
 /// One thread's reusable state for tagging lines.
-pub(crate) struct Worker {
+pub struct Worker {
     tagger: Arc<Tagger>,
     fields: Vec<Field>,
     message: Vec<u8>,
@@ -62,7 +62,7 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(tagger: Arc<Tagger>) -> Worker {
+    pub fn new(tagger: Arc<Tagger>) -> Worker {
         Worker {
             tagger,
             fields: Vec::new(),
@@ -72,7 +72,7 @@ impl Worker {
     }
 
     /// Judges one line (without its newline) and appends what is forwarded to `out`.
-    pub(crate) fn line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Outcome {
+    pub fn line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Outcome {
         let outcome = self.judge(line, out);
         let unmatched = matches!(outcome, Outcome::Unmatched | Outcome::Omitted);
         if unmatched && self.tagger.unmatched == Unmatched::Pass {
