@@ -49,9 +49,10 @@ n=$(wc -l < "$work/patterns")
   echo ']'
 } > "$work/rules2/zz_synthetic.toml"
 
-# Wall seconds of one command (stdout discarded), peak RSS in KiB to $work/rss.
+# Wall seconds of one command, peak RSS in KiB to $work/rss. Output goes to a real file:
+# GNU grep stops at the first match when it sees its output is /dev/null.
 timed() {
-  /usr/bin/time -f "%e %M" -o "$work/time" "$@" > /dev/null 2>"$work/stderr" || {
+  /usr/bin/time -f "%e %M" -o "$work/time" "$@" > "$work/out" 2>"$work/stderr" || {
     status=$?
     # grep and rg exit 1 when nothing matched; anything else is a failure.
     [ "$status" -eq 1 ] || { cat "$work/stderr" >&2; exit 1; }

@@ -512,3 +512,39 @@ fn rules_patterns_lists_the_automaton() {
         "{text}"
     );
 }
+
+#[test]
+fn threads_keep_each_sources_order_and_bytes() {
+    // Enough records for many batches, so two workers finish them out of order.
+    let mut input = Vec::new();
+    for n in 0..60_000 {
+        let message = if n % 97 == 0 {
+            format!("Failed to pull image \\\"app:{n}\\\": rpc error: code = NotFound")
+        } else {
+            format!("Started container {n} in pod default/web-{n}")
+        };
+        let line = format!(r#"{{"_SYSTEMD_UNIT":"kubelet.service","N":{n},"MESSAGE":"{message}"}}"#);
+        input.extend_from_slice(line.as_bytes());
+        input.push(b'\n');
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.json");
+    std::fs::write(&file, &input).unwrap();
+    let output = run(&["--threads", "2", "--unmatched", "pass", file.to_str().unwrap()], b"");
+    assert!(output.status.success());
+    let records = lines(&output.stdout);
+    assert_eq!(records.len(), 60_000);
+    for (n, record) in records.iter().enumerate() {
+        assert_eq!(record["N"], n, "order kept");
+        assert_eq!(record.get("kubetag").is_some(), n % 97 == 0, "record {n}");
+    }
+    let untagged: Vec<&[u8]> =
+        output.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty() && !l.ends_with(b"}}")).collect();
+    let originals: Vec<&[u8]> = input
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(n, l)| !l.is_empty() && n % 97 != 0)
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(untagged, originals, "pass-through is byte-identical");
+}
