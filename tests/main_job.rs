@@ -488,13 +488,19 @@ fn a_broken_rules_directory_is_refused_with_file_rule_and_key() {
 
 #[test]
 fn shipped_rules_pass_their_examples_near_misses_and_the_real_cases() {
-    let output = kubetag_tool()
-        .args(["rules", "test", "--cases"])
-        .arg(root().join("tests/cases/real-messages.jsonl"))
-        .arg("--cases")
-        .arg(root().join("tests/cases/public-samples.jsonl"))
-        .output()
-        .unwrap();
+    let mut command = kubetag_tool();
+    command.args(["rules", "test"]);
+    let mut files: Vec<_> = std::fs::read_dir(root().join("tests/cases"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    for file in &files {
+        command.arg("--cases").arg(file);
+    }
+    let output = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains(" 0 failed"), "{stdout}");
