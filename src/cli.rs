@@ -69,6 +69,8 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         rules: Option<PathBuf>,
     },
+    /// Diagnose a node from its journal: the problems found, their causes, what to run next.
+    Report(crate::report::ReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -146,6 +148,7 @@ pub fn main() -> Result<(), Failure> {
         Some(Command::Check(args)) => check(args),
         Some(Command::Rules(command)) => rules(command),
         Some(Command::Explain { name, rules }) => explain(&name, rules),
+        Some(Command::Report(args)) => crate::report::cli(args),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 mod dead_letter;
 pub mod pipeline;
 pub(crate) mod record;
+pub(crate) mod report;
 pub mod rules_tool;
 mod signals;
 pub mod sink;
