@@ -11,16 +11,8 @@ use kubetag::{RuleSet, Shape};
 
 fn tag_corpus(c: &mut Criterion) {
     let rules = Arc::new(RuleSet::shipped().expect("shipped rules load"));
-    let errors: Vec<String> = rules
-        .rules()
-        .iter()
-        .flat_map(|r| r.examples.clone())
-        .collect();
-    let tagger = Arc::new(Tagger {
-        rules,
-        shape: Shape::journald(),
-        unmatched: Unmatched::Drop,
-    });
+    let errors: Vec<String> = rules.rules().iter().flat_map(|r| r.examples.clone()).collect();
+    let tagger = Arc::new(Tagger { rules, shape: Shape::journald(), unmatched: Unmatched::Drop });
 
     let mut group = c.benchmark_group("tag");
     for (name, per_mille) in [("3% errors", 30), ("chatter only", 0)] {

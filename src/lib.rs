@@ -6,6 +6,7 @@
 //! Data flows one way: [`source`] -> [`tag`] -> [`sink`], wired by [`pipeline`].
 #![forbid(unsafe_code)]
 
+mod ack;
 pub mod cli;
 pub mod config;
 mod dead_letter;

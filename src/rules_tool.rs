@@ -50,14 +50,8 @@ pub struct Verdict {
 
 impl Judge {
     pub fn new(rules: Arc<RuleSet>) -> Judge {
-        let tagger = Tagger {
-            rules,
-            shape: Shape::journald(),
-            unmatched: Unmatched::Drop,
-        };
-        Judge {
-            worker: Worker::new(Arc::new(tagger)),
-        }
+        let tagger = Tagger { rules, shape: Shape::journald(), unmatched: Unmatched::Drop };
+        Judge { worker: Worker::new(Arc::new(tagger)) }
     }
 
     /// Runs `message` through the same code as the pipeline, as a journalctl record.
@@ -73,9 +67,7 @@ impl Judge {
         let rules = tag["rules"].as_array().into_iter().flatten();
         Verdict {
             category: tag["category"].as_str().map(str::to_string),
-            rules: rules
-                .filter_map(|r| r.as_str().map(str::to_string))
-                .collect(),
+            rules: rules.filter_map(|r| r.as_str().map(str::to_string)).collect(),
         }
     }
 }
@@ -172,22 +164,11 @@ pub fn explain(rules: &RuleSet, name: &str) -> Option<String> {
     let mut text = String::new();
     if let Some(category) = Category::from_id(name) {
         let info = category.info();
-        let _ = writeln!(
-            text,
-            "{} ({})\n\n{}\n",
-            info.title,
-            info.id,
-            wrap(info.about)
-        );
+        let _ = writeln!(text, "{} ({})\n\n{}\n", info.title, info.id, wrap(info.about));
         let _ = writeln!(text, "Rules:");
         for rule in rules.rules().iter().filter(|r| r.category == category) {
-            let _ = writeln!(
-                text,
-                "  {:<40} {:<8} {}",
-                rule.id,
-                rule.severity.name(),
-                rule.summary
-            );
+            let _ =
+                writeln!(text, "  {:<40} {:<8} {}", rule.id, rule.severity.name(), rule.summary);
         }
         return Some(text);
     }
@@ -212,21 +193,13 @@ pub fn explain(rules: &RuleSet, name: &str) -> Option<String> {
     list(&mut text, "Probable causes", &rule.cause);
     list(&mut text, "Remediation", &rule.remediation);
     list(&mut text, "Patterns", &rule.patterns);
-    list(
-        &mut text,
-        "Example",
-        &rule.examples[..rule.examples.len().min(1)],
-    );
+    list(&mut text, "Example", &rule.examples[..rule.examples.len().min(1)]);
     Some(text)
 }
 
 /// Known names, for an error message.
 pub fn names() -> String {
-    CATEGORIES
-        .iter()
-        .map(|c| c.id)
-        .collect::<Vec<_>>()
-        .join(", ")
+    CATEGORIES.iter().map(|c| c.id).collect::<Vec<_>>().join(", ")
 }
 
 fn wrap(text: &str) -> String {

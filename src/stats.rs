@@ -128,10 +128,7 @@ impl Report {
             let _ = write!(text, ", {} dead-lettered", self.dead_lettered);
         }
         let list = |map: &std::collections::BTreeMap<String, u64>| {
-            map.iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            map.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
         };
         if !self.tagged_by_category.is_empty() {
             let _ = write!(text, "\n  tagged: {}", list(&self.tagged_by_category));

@@ -129,13 +129,7 @@ impl Scanner<'_> {
                 Kind::String => value_start + 1..self.pos - 1,
                 _ => value_start..self.pos,
             };
-            fields.push(Field {
-                key,
-                value,
-                span: start..self.pos,
-                kind,
-                escaped,
-            });
+            fields.push(Field { key, value, span: start..self.pos, kind, escaped });
 
             self.skip_ws();
             match self.peek() {
@@ -154,11 +148,7 @@ impl Scanner<'_> {
         match self.peek().ok_or(Stop)? {
             b'"' => self.string().map(|(_, escaped)| (Kind::String, escaped)),
             b'{' | b'[' => {
-                let kind = if self.peek() == Some(b'{') {
-                    Kind::Object
-                } else {
-                    Kind::Array
-                };
+                let kind = if self.peek() == Some(b'{') { Kind::Object } else { Kind::Array };
                 self.container(depth)?;
                 Ok((kind, false))
             }
@@ -439,10 +429,7 @@ mod tests {
     fn scan(line: &str) -> Result<Vec<(String, Kind)>, Malformed> {
         let mut fields = Vec::new();
         scan_object(line.as_bytes(), &mut fields)?;
-        Ok(fields
-            .iter()
-            .map(|f| (line[f.key.clone()].to_string(), f.kind))
-            .collect())
+        Ok(fields.iter().map(|f| (line[f.key.clone()].to_string(), f.kind)).collect())
     }
 
     #[test]
@@ -451,14 +438,7 @@ mod tests {
         let kinds: Vec<Kind> = scan(line).unwrap().into_iter().map(|(_, k)| k).collect();
         assert_eq!(
             kinds,
-            [
-                Kind::String,
-                Kind::Array,
-                Kind::Null,
-                Kind::Number,
-                Kind::Bool,
-                Kind::Object
-            ]
+            [Kind::String, Kind::Array, Kind::Null, Kind::Number, Kind::Bool, Kind::Object]
         );
     }
 
@@ -518,10 +498,7 @@ mod tests {
     fn unescape_undoes_every_escape() {
         let mut out = Vec::new();
         unescape(br#"q\" s\\ n\n t\t u\u00e9 p\ud83d\ude00 /\/"#, &mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "q\" s\\ n\n t\t u\u{e9} p\u{1F600} //"
-        );
+        assert_eq!(String::from_utf8(out).unwrap(), "q\" s\\ n\n t\t u\u{e9} p\u{1F600} //");
     }
 
     #[test]
@@ -529,9 +506,7 @@ mod tests {
         let text: Vec<u8> = (0u8..=255).cycle().take(1000).collect();
         for start in 0..300 {
             let slice = &text[start..];
-            let want = slice
-                .iter()
-                .position(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            let want = slice.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\');
             assert_eq!(find_special(slice), want);
         }
     }

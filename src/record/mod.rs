@@ -89,10 +89,7 @@ pub(crate) struct Record<'a> {
 impl<'a> Record<'a> {
     /// The last field named `name` (a later duplicate wins, as in serde_json).
     pub(crate) fn field(&self, name: &str) -> Option<&'a Field> {
-        self.fields
-            .iter()
-            .rev()
-            .find(|f| key_is(self.line, f, name))
+        self.fields.iter().rev().find(|f| key_is(self.line, f, name))
     }
 
     /// The first of `names` that is present.
@@ -106,9 +103,7 @@ impl<'a> Record<'a> {
         shape: &Shape,
         scratch: &'a mut Vec<u8>,
     ) -> Result<Message<'a>, Malformed> {
-        let field = self
-            .first_field(&shape.message)
-            .ok_or(Malformed::NoMessage)?;
+        let field = self.first_field(&shape.message).ok_or(Malformed::NoMessage)?;
         let raw = &self.line[field.value.clone()];
         scratch.clear();
         match field.kind {
@@ -215,11 +210,7 @@ mod tests {
     fn message_of(line: &str) -> Result<Option<Vec<u8>>, Malformed> {
         let mut fields = Vec::new();
         let close = json::scan_object(line.as_bytes(), &mut fields)?;
-        let record = Record {
-            line: line.as_bytes(),
-            fields: &fields,
-            close,
-        };
+        let record = Record { line: line.as_bytes(), fields: &fields, close };
         let mut scratch = Vec::new();
         Ok(match record.message(&Shape::journald(), &mut scratch)? {
             Message::Text(text) => Some(text.into_owned()),
@@ -236,32 +227,20 @@ mod tests {
         assert_eq!(message_of(r#"{"MESSAGE":["one","two"]}"#), text("one\ntwo"));
         assert_eq!(message_of(r#"{"MESSAGE":[[104],"x"]}"#), text("h\nx"));
         assert_eq!(message_of(r#"{"MESSAGE":null}"#), Ok(None));
-        assert_eq!(
-            message_of(r#"{"MESSAGE":[104,300]}"#),
-            Err(Malformed::MessageType)
-        );
+        assert_eq!(message_of(r#"{"MESSAGE":[104,300]}"#), Err(Malformed::MessageType));
         assert_eq!(message_of(r#"{"MESSAGE":[]}"#), Err(Malformed::MessageType));
         assert_eq!(message_of(r#"{"MESSAGE":7}"#), Err(Malformed::MessageType));
-        assert_eq!(
-            message_of(r#"{"MESSAGE":{"a":1}}"#),
-            Err(Malformed::MessageType)
-        );
+        assert_eq!(message_of(r#"{"MESSAGE":{"a":1}}"#), Err(Malformed::MessageType));
         assert_eq!(message_of(r#"{"OTHER":"x"}"#), Err(Malformed::NoMessage));
     }
 
     #[test]
     fn byte_arrays_keep_invalid_utf8_for_matching() {
-        assert_eq!(
-            message_of(r#"{"MESSAGE":[255,65]}"#),
-            Ok(Some(vec![255, 65]))
-        );
+        assert_eq!(message_of(r#"{"MESSAGE":[255,65]}"#), Ok(Some(vec![255, 65])));
     }
 
     #[test]
     fn later_duplicate_key_wins() {
-        assert_eq!(
-            message_of(r#"{"MESSAGE":"a","MESSAGE":"b"}"#),
-            Ok(Some(b"b".to_vec()))
-        );
+        assert_eq!(message_of(r#"{"MESSAGE":"a","MESSAGE":"b"}"#), Ok(Some(b"b".to_vec())));
     }
 }

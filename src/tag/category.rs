@@ -76,26 +76,10 @@ categories![
         "the eviction manager evicts pods or refuses to admit them under memory, disk or PID \
       pressure."
     ),
-    (
-        "oom",
-        "Out of memory",
-        "the kernel or a cgroup ran out of memory and killed a process."
-    ),
-    (
-        "probe",
-        "Probe failures",
-        "liveness, readiness or startup probes failing."
-    ),
-    (
-        "crashloop",
-        "Crash loops",
-        "containers that keep exiting and are restarted with back-off."
-    ),
-    (
-        "swap",
-        "Swap",
-        "kubelet refusing to run, or warning, because swap is on."
-    ),
+    ("oom", "Out of memory", "the kernel or a cgroup ran out of memory and killed a process."),
+    ("probe", "Probe failures", "liveness, readiness or startup probes failing."),
+    ("crashloop", "Crash loops", "containers that keep exiting and are restarted with back-off."),
+    ("swap", "Swap", "kubelet refusing to run, or warning, because swap is on."),
     (
         "image_gc",
         "Image garbage collection",
@@ -116,10 +100,7 @@ categories![
 
 impl Category {
     pub fn from_id(id: &str) -> Option<Category> {
-        CATEGORIES
-            .iter()
-            .position(|c| c.id == id)
-            .map(|i| Category(i as u8))
+        CATEGORIES.iter().position(|c| c.id == id).map(|i| Category(i as u8))
     }
 
     pub fn id(self) -> &'static str {

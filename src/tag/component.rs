@@ -25,10 +25,7 @@ impl Agents {
     ];
 
     pub(crate) fn from_name(name: &str) -> Option<Agents> {
-        Self::NAMES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|&(_, a)| a)
+        Self::NAMES.iter().find(|(n, _)| *n == name).map(|&(_, a)| a)
     }
 
     pub(crate) fn union(self, other: Agents) -> Agents {
@@ -69,25 +66,16 @@ const KNOWN: &[(&str, &str, Agents)] = &[
 /// not know keeps its own spelling and is checked against every rule.
 pub(crate) fn classify(unit: Option<&str>) -> Component {
     let Some(unit) = unit.filter(|u| !u.is_empty()) else {
-        return Component {
-            name: "unknown".into(),
-            agents: Agents::ANY,
-        };
+        return Component { name: "unknown".into(), agents: Agents::ANY };
     };
     let lower = unit.to_ascii_lowercase();
     for &(fragment, name, agents) in KNOWN {
         if lower.contains(fragment) {
-            return Component {
-                name: name.into(),
-                agents,
-            };
+            return Component { name: name.into(), agents };
         }
     }
     let stem = lower.strip_suffix(".service").unwrap_or(&lower);
-    Component {
-        name: stem.to_string(),
-        agents: Agents::ANY,
-    }
+    Component { name: stem.to_string(), agents: Agents::ANY }
 }
 
 #[cfg(test)]
@@ -107,11 +95,7 @@ mod tests {
             ("dockerd", "docker", Agents::DOCKER),
             ("k3s-agent.service", "k3s", Agents(3)),
             ("rke2-server.service", "rke2", Agents(3)),
-            (
-                "snap.microk8s.daemon-kubelite.service",
-                "microk8s",
-                Agents(3),
-            ),
+            ("snap.microk8s.daemon-kubelite.service", "microk8s", Agents(3)),
             ("kernel", "kernel", Agents::KERNEL),
             ("sshd.service", "sshd", Agents::ANY),
         ];

@@ -57,10 +57,7 @@ static GENERIC: LazyLock<Vec<Regex>> = LazyLock::new(|| {
         r"\bid=(?P<container_id>[0-9a-f]{64})\b".into(),
         r"(?i)\bcontainer (?P<container_id>[0-9a-f]{64})\b".into(),
     ];
-    sources
-        .iter()
-        .map(|s| Regex::new(s).expect("built-in extractor compiles"))
-        .collect()
+    sources.iter().map(|s| Regex::new(s).expect("built-in extractor compiles")).collect()
 });
 
 /// Fills `attributes` from `message`, keeping what an earlier source already set.
@@ -94,10 +91,7 @@ fn captures(attributes: &mut Attributes, regex: &Regex, message: &[u8]) {
 
 fn from_fields(attributes: &mut Attributes, header: &LogHeader) {
     // `pod="ns/name"`, and the object of kubelet's own event lines.
-    let object = header
-        .get("kind")
-        .filter(|kind| *kind == "Pod")
-        .and(header.get("object"));
+    let object = header.get("kind").filter(|kind| *kind == "Pod").and(header.get("object"));
     if let Some((namespace, pod)) = header.get("pod").or(object).and_then(|p| p.split_once('/')) {
         set(attributes, "namespace", namespace);
         set(attributes, "pod", pod);
@@ -150,10 +144,7 @@ mod tests {
             (
                 "volume of a mount failure",
                 r#"MountVolume.MountDevice failed for volume "pvc-4d70c760-a4b0-11e9-8376-1866da0e836f" : driver"#,
-                &[(
-                    "k8s.volume.name",
-                    "pvc-4d70c760-a4b0-11e9-8376-1866da0e836f",
-                )],
+                &[("k8s.volume.name", "pvc-4d70c760-a4b0-11e9-8376-1866da0e836f")],
             ),
             (
                 "structured pod and container",

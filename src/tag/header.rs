@@ -32,10 +32,7 @@ fn as_map<S: serde::Serializer>(fields: &[(String, String)], s: S) -> Result<S::
 
 impl LogHeader {
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -59,23 +56,16 @@ fn klog(message: &str) -> Option<LogHeader> {
         b'F' => "fatal",
         _ => return None,
     };
-    let date = message
-        .get(1..5)
-        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))?;
+    let date = message.get(1..5).filter(|d| d.bytes().all(|b| b.is_ascii_digit()))?;
     let rest = message[5..].strip_prefix(' ')?;
     let (clock, rest) = rest.split_once(' ')?;
-    if clock.len() < 8
-        || !clock
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b':' || b == b'.')
-    {
+    if clock.len() < 8 || !clock.bytes().all(|b| b.is_ascii_digit() || b == b':' || b == b'.') {
         return None;
     }
     let rest = rest.trim_start();
     let (thread, rest) = rest.split_once(' ')?;
-    let (source, text) = rest
-        .split_once("] ")
-        .or_else(|| rest.strip_suffix(']').map(|s| (s, "")))?;
+    let (source, text) =
+        rest.split_once("] ").or_else(|| rest.strip_suffix(']').map(|s| (s, "")))?;
     if !source.contains(':') || source.contains(' ') {
         return None;
     }
@@ -109,15 +99,7 @@ fn logrus(message: &str) -> Option<LogHeader> {
     let msg = take(&mut fields, "msg");
     level.as_ref()?;
     let source = take(&mut fields, "file").or_else(|| take(&mut fields, "caller"));
-    Some(LogHeader {
-        format: "logrus",
-        level,
-        source,
-        time,
-        thread: None,
-        message: msg,
-        fields,
-    })
+    Some(LogHeader { format: "logrus", level, source, time, thread: None, message: msg, fields })
 }
 
 fn json(message: &str) -> Option<LogHeader> {
@@ -130,11 +112,7 @@ fn json(message: &str) -> Option<LogHeader> {
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(ms.max(0.0) / 1e3);
         humantime::format_rfc3339_millis(time).to_string()
     });
-    let level = if object.contains_key("err") {
-        "error"
-    } else {
-        "info"
-    };
+    let level = if object.contains_key("err") { "error" } else { "info" };
     let skip = ["ts", "caller", "msg", "v"];
     let fields = object
         .iter()
@@ -208,9 +186,7 @@ mod tests {
     use super::*;
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -222,14 +198,9 @@ mod tests {
         assert_eq!(header.source.as_deref(), Some("kuberuntime_sandbox.go:72"));
         assert_eq!(header.time.as_deref(), Some("0207 02:49:40.739041"));
         assert_eq!(header.thread, Some(24578));
-        assert_eq!(
-            header.message.as_deref(),
-            Some("Failed to create sandbox for pod")
-        );
-        let want = [
-            ("err", "rpc error: code = DeadlineExceeded desc = \"x\""),
-            ("pod", "default/podX"),
-        ];
+        assert_eq!(header.message.as_deref(), Some("Failed to create sandbox for pod"));
+        let want =
+            [("err", "rpc error: code = DeadlineExceeded desc = \"x\""), ("pod", "default/podX")];
         assert_eq!(header.fields, pairs(&want));
     }
 
@@ -255,10 +226,7 @@ mod tests {
         let header = parse(line).unwrap();
         assert_eq!(header.format, "logrus");
         assert_eq!(header.level.as_deref(), Some("debug"));
-        assert_eq!(
-            header.time.as_deref(),
-            Some("2021-02-06T17:10:24.990867899+01:00")
-        );
+        assert_eq!(header.time.as_deref(), Some("2021-02-06T17:10:24.990867899+01:00"));
         assert_eq!(header.message.as_deref(), Some("failed to delete task"));
         assert_eq!(
             header.fields,

@@ -145,11 +145,7 @@ pub struct RuleErrors(pub Vec<RuleError>);
 impl fmt::Display for RuleErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(
-            f,
-            "{n} problem{} in the rules",
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "{n} problem{} in the rules", if n == 1 { "" } else { "s" })?;
         for error in &self.0 {
             write!(f, "\n  {error}")?;
         }
@@ -159,10 +155,7 @@ impl fmt::Display for RuleErrors {
 
 /// The shipped rule files, as `(file name, text)`.
 pub(crate) fn shipped_sources() -> Vec<(String, String)> {
-    SHIPPED_RULES
-        .iter()
-        .map(|(name, text)| (name.to_string(), text.to_string()))
-        .collect()
+    SHIPPED_RULES.iter().map(|(name, text)| (name.to_string(), text.to_string())).collect()
 }
 
 /// The `*.toml` files of `dir`, sorted by name.
@@ -199,12 +192,7 @@ pub(crate) fn parse(sources: &[(String, String)]) -> Result<Vec<Rule>, RuleError
     let mut errors = Vec::new();
     for (file, text) in sources {
         for spec in parse_file(file, text, &mut errors) {
-            let mut check = Check {
-                file,
-                id: &spec.id,
-                errors: &mut errors,
-                failed: false,
-            };
+            let mut check = Check { file, id: &spec.id, errors: &mut errors, failed: false };
             if let Some(rule) = check.rule(&spec) {
                 rules.push(rule);
             }
@@ -249,35 +237,19 @@ fn parse_file(file: &str, text: &str, errors: &mut Vec<RuleError>) -> Vec<RuleSp
     let table: toml::Table = match text.parse() {
         Ok(table) => table,
         Err(e) => {
-            errors.push(error(
-                None,
-                None,
-                e.to_string().trim_end().replace('\n', " "),
-            ));
+            errors.push(error(None, None, e.to_string().trim_end().replace('\n', " ")));
             return Vec::new();
         }
     };
     for key in table.keys().filter(|k| *k != "rule") {
-        errors.push(error(
-            None,
-            Some(key.clone()),
-            "unknown top-level key".into(),
-        ));
+        errors.push(error(None, Some(key.clone()), "unknown top-level key".into()));
     }
     let Some(list) = table.get("rule") else {
-        errors.push(error(
-            None,
-            Some("rule".into()),
-            "no [[rule]] tables".into(),
-        ));
+        errors.push(error(None, Some("rule".into()), "no [[rule]] tables".into()));
         return Vec::new();
     };
     let Some(list) = list.as_array() else {
-        errors.push(error(
-            None,
-            Some("rule".into()),
-            "must be [[rule]] tables".into(),
-        ));
+        errors.push(error(None, Some("rule".into()), "must be [[rule]] tables".into()));
         return Vec::new();
     };
 
@@ -324,10 +296,7 @@ impl Check<'_> {
 
     fn rule(&mut self, spec: &RuleSpec) -> Option<Rule> {
         if !is_id(&spec.id) {
-            self.fail(
-                "id",
-                "must be `family.name` in lowercase letters, digits and _".into(),
-            );
+            self.fail("id", "must be `family.name` in lowercase letters, digits and _".into());
         }
         let category = Category::from_id(&spec.category);
         if category.is_none() {
@@ -352,11 +321,8 @@ impl Check<'_> {
         if self.failed {
             return None;
         }
-        let lower = |list: &[String]| {
-            list.iter()
-                .map(|p| p.to_ascii_lowercase().into_bytes())
-                .collect()
-        };
+        let lower =
+            |list: &[String]| list.iter().map(|p| p.to_ascii_lowercase().into_bytes()).collect();
         Some(Rule {
             id: RuleId(spec.id.clone()),
             category: category?,
@@ -411,10 +377,7 @@ impl Check<'_> {
             for name in names {
                 if !GROUPS.iter().any(|(group, _)| *group == name) {
                     let known: Vec<&str> = GROUPS.iter().map(|(g, _)| *g).collect();
-                    self.fail(
-                        "extract",
-                        format!("unknown group {name:?}, known: {known:?}"),
-                    );
+                    self.fail("extract", format!("unknown group {name:?}, known: {known:?}"));
                 }
             }
             out.push(regex);
@@ -426,8 +389,7 @@ impl Check<'_> {
 fn is_id(id: &str) -> bool {
     let part = |p: &str| {
         !p.is_empty()
-            && p.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     };
     matches!(id.split_once('.'), Some((family, name)) if part(family) && part(name))
 }
@@ -446,9 +408,7 @@ summary = "a pull failed"
 "#;
 
     fn errors_of(text: &str) -> Vec<RuleError> {
-        parse(&[("demo.toml".to_string(), text.to_string())])
-            .unwrap_err()
-            .0
+        parse(&[("demo.toml".to_string(), text.to_string())]).unwrap_err().0
     }
 
     #[test]
@@ -460,9 +420,7 @@ summary = "a pull failed"
 
     #[test]
     fn problems_name_file_rule_and_key() {
-        let text = GOOD
-            .replace("image_pull", "nope")
-            .replace("summary = \"a pull failed\"", "");
+        let text = GOOD.replace("image_pull", "nope").replace("summary = \"a pull failed\"", "");
         let errors = errors_of(&text);
         let keys: Vec<_> = errors.iter().map(|e| e.key.as_deref()).collect();
         assert_eq!(keys, [Some("summary")]);
@@ -499,10 +457,7 @@ summary = "a pull failed"
 
     #[test]
     fn duplicate_ids_across_files() {
-        let sources = [
-            ("a.toml".to_string(), GOOD.to_string()),
-            ("b.toml".into(), GOOD.into()),
-        ];
+        let sources = [("a.toml".to_string(), GOOD.to_string()), ("b.toml".into(), GOOD.into())];
         let errors = parse(&sources).unwrap_err().0;
         assert_eq!(errors.len(), 1);
         assert!(errors[0].message.contains("duplicate id"));

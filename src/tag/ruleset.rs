@@ -54,13 +54,11 @@ impl RuleSet {
         let mut index = std::collections::HashMap::new();
         for (r, rule) in rules.iter().enumerate() {
             for pattern in &rule.patterns {
-                let slot = *index
-                    .entry(pattern.to_ascii_lowercase())
-                    .or_insert_with(|| {
-                        patterns.push(pattern.clone());
-                        pattern_rules.push(Vec::new());
-                        patterns.len() - 1
-                    });
+                let slot = *index.entry(pattern.to_ascii_lowercase()).or_insert_with(|| {
+                    patterns.push(pattern.clone());
+                    pattern_rules.push(Vec::new());
+                    patterns.len() - 1
+                });
                 if !pattern_rules[slot].contains(&(r as u32)) {
                     pattern_rules[slot].push(r as u32);
                 }
@@ -81,12 +79,7 @@ impl RuleSet {
                     message: format!("cannot build the automaton: {e}"),
                 }])
             })?;
-        Ok(RuleSet {
-            rules,
-            automaton,
-            patterns,
-            pattern_rules,
-        })
+        Ok(RuleSet { rules, automaton, patterns, pattern_rules })
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -125,9 +118,7 @@ impl RuleSet {
         }
 
         scratch.lower.clear();
-        scratch
-            .lower
-            .extend(message.iter().map(u8::to_ascii_lowercase));
+        scratch.lower.extend(message.iter().map(u8::to_ascii_lowercase));
         for &r in &scratch.candidates {
             scratch.seen[r as usize] = false;
             let rule = &self.rules[r as usize];
@@ -136,9 +127,7 @@ impl RuleSet {
             }
         }
         // Highest priority first; among equals, the rule loaded first.
-        scratch
-            .hits
-            .sort_by_key(|&r| (-self.rules[r as usize].priority, r));
+        scratch.hits.sort_by_key(|&r| (-self.rules[r as usize].priority, r));
         !scratch.hits.is_empty()
     }
 }
@@ -181,11 +170,7 @@ summary = "pull"
     fn hits<'a>(set: &'a RuleSet, message: &str, agents: Agents) -> Vec<&'a str> {
         let mut scratch = Scratch::default();
         set.confirm(message.as_bytes(), agents, &mut scratch);
-        scratch
-            .hits
-            .iter()
-            .map(|&r| set.rule(r).id.as_str())
-            .collect()
+        scratch.hits.iter().map(|&r| set.rule(r).id.as_str()).collect()
     }
 
     #[test]
@@ -198,14 +183,8 @@ summary = "pull"
     #[test]
     fn require_veto_and_components_confirm() {
         let set = set(TWO);
-        assert_eq!(
-            hits(&set, "failed to pull image x", Agents::KUBELET),
-            Vec::<&str>::new()
-        );
-        assert_eq!(
-            hits(&set, "rpc error: code = NotFound", Agents::ANY),
-            Vec::<&str>::new()
-        );
+        assert_eq!(hits(&set, "failed to pull image x", Agents::KUBELET), Vec::<&str>::new());
+        assert_eq!(hits(&set, "rpc error: code = NotFound", Agents::ANY), Vec::<&str>::new());
         let message = "failed to pull image: rpc error";
         assert_eq!(hits(&set, message, Agents::CRIO), ["t.low"]);
     }
@@ -221,10 +200,8 @@ summary = "pull"
 
     #[test]
     fn patterns_are_distinct_case_insensitively() {
-        let text = TWO.replace(
-            "\"failed to pull image\"",
-            "\"failed to pull image\", \"RPC ERROR\"",
-        );
+        let text =
+            TWO.replace("\"failed to pull image\"", "\"failed to pull image\", \"RPC ERROR\"");
         assert_eq!(set(&text).patterns(), ["rpc error", "failed to pull image"]);
     }
 }

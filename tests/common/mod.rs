@@ -28,10 +28,7 @@ impl Entry {
     /// An entry from `unit` with the usual trusted fields.
     pub fn new(seq: u64, unit: &str, message: impl Into<Vec<u8>>) -> Entry {
         let mut entry = Entry::default();
-        entry.set(
-            "__REALTIME_TIMESTAMP",
-            (1_796_374_801_000_000 + seq * 1000).to_string(),
-        );
+        entry.set("__REALTIME_TIMESTAMP", (1_796_374_801_000_000 + seq * 1000).to_string());
         entry.set("__MONOTONIC_TIMESTAMP", (1_000_000 + seq).to_string());
         entry.set("_BOOT_ID", "6d1a2f0c9e8b4d7a8c5b3e2f1a0d9c8b");
         entry.set("_HOSTNAME", "node-1");
@@ -70,14 +67,11 @@ pub fn export(entries: &[Entry]) -> Vec<u8> {
 }
 
 fn journal_remote() -> PathBuf {
-    [
-        "/lib/systemd/systemd-journal-remote",
-        "/usr/lib/systemd/systemd-journal-remote",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-    .expect("systemd-journal-remote is installed (Debian package systemd-journal-remote)")
+    ["/lib/systemd/systemd-journal-remote", "/usr/lib/systemd/systemd-journal-remote"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("systemd-journal-remote is installed (Debian package systemd-journal-remote)")
 }
 
 /// Writes an export stream into a real journal file with systemd-journal-remote.
@@ -94,11 +88,7 @@ pub fn journal_from_export(dir: &Path, export: &[u8]) -> PathBuf {
         .expect("systemd-journal-remote starts");
     child.stdin.take().unwrap().write_all(export).unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     path
 }
 
@@ -115,11 +105,7 @@ pub fn journalctl_json(journal: &Path, extra: &[&str]) -> Vec<u8> {
         .args(extra)
         .output()
         .expect("journalctl runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     output.stdout
 }
 
@@ -151,4 +137,19 @@ pub fn lines(bytes: &[u8]) -> Vec<serde_json::Value> {
 
 pub fn stats(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Appends entries to an existing journal file.
+pub fn journal_append(journal: &Path, entries: &[Entry]) {
+    let mut child = Command::new(journal_remote())
+        .arg("-o")
+        .arg(journal)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-journal-remote starts");
+    child.stdin.take().unwrap().write_all(&export(entries)).unwrap();
+    assert!(child.wait().unwrap().success());
 }
