@@ -159,19 +159,20 @@ fn load_rules(dir: Option<&std::path::Path>) -> Result<Arc<RuleSet>, Failure> {
 fn settings(args: &RunArgs) -> Result<Settings, Failure> {
     let config = PipelineConfig::load(args.config.config.as_deref()).map_err(usage)?;
     let mut settings = Settings::from_config(config).map_err(usage)?;
-    let mut inputs = args.files.clone();
-    inputs.extend(args.inputs.iter().cloned());
-    if !inputs.is_empty() {
-        let parsed: Result<Vec<_>, String> =
-            inputs.iter().map(|i| SourceConfig::from_url(i)).collect();
+    if !args.files.is_empty() || !args.inputs.is_empty() {
+        // A FILE argument is always a file (or `-`); only --input takes source URLs.
+        let files = args.files.iter().map(|f| Ok(SourceConfig::from_path(f)));
+        let urls = args.inputs.iter().map(|i| SourceConfig::from_url(i));
+        let parsed: Result<Vec<_>, String> = files.chain(urls).collect();
         settings.sources = parsed.map_err(|e| usage(anyhow!(e)))?;
+        let stdin = settings.sources.iter().filter(|s| **s == SourceConfig::Stdin).count();
+        if stdin > 1 {
+            return Err(usage(anyhow!("stdin (`-`) can be read only once")));
+        }
     }
     if !args.outputs.is_empty() {
-        let parsed: Result<Vec<_>, String> = args
-            .outputs
-            .iter()
-            .map(|o| SinkConfig::from_url(o))
-            .collect();
+        let parsed: Result<Vec<_>, String> =
+            args.outputs.iter().map(|o| SinkConfig::from_url(o)).collect();
         settings.sinks = parsed.map_err(|e| usage(anyhow!(e)))?;
     }
     if let Some(dir) = &args.config.rules {
@@ -193,28 +194,23 @@ fn settings(args: &RunArgs) -> Result<Settings, Failure> {
         settings.max_line_bytes = bytes;
     }
     if let Some(threads) = args.threads {
-        settings.threads = threads.max(1);
+        settings.threads = threads.clamp(1, MAX_THREADS);
     }
     Ok(settings)
 }
 
+/// More tagging threads than this only cost memory (a few MiB each).
+const MAX_THREADS: usize = 64;
+
 fn run(args: RunArgs) -> Result<(), Failure> {
-    let level = if args.quiet {
-        "warn"
-    } else {
-        args.log_level.as_str()
-    };
+    let level = if args.quiet { "warn" } else { args.log_level.as_str() };
     init_logging(level, args.log_format).map_err(usage)?;
     let settings = settings(&args)?;
     let rules = load_rules(settings.rules_dir.as_deref())?;
-    tracing::info!(
-        rules = rules.rules().len(),
-        patterns = rules.patterns().len(),
-        "rules loaded"
-    );
+    tracing::info!(rules = rules.rules().len(), patterns = rules.patterns().len(), "rules loaded");
     for source in &settings.sources {
         source
-            .open()
+            .check()
             .with_context(|| format!("cannot open input {}", source.label()))
             .map_err(usage)?;
     }
@@ -226,11 +222,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     });
     let stop = Stop::default();
     crate::signals::watch(stop.clone());
-    tracing::info!(
-        threads = settings.threads,
-        sources = settings.sources.len(),
-        "started"
-    );
+    tracing::info!(threads = settings.threads, sources = settings.sources.len(), "started");
     let finished = pipeline::run(&settings, tagger, stop)
         .context("cannot start the pipeline")
         .map_err(Failure::Runtime)?;
@@ -323,18 +315,11 @@ fn rules(command: RulesCommand) -> Result<(), Failure> {
             for failure in &failures {
                 println!("FAIL {failure}");
             }
-            println!(
-                "{} passed, {} failed",
-                checked - failures.len(),
-                failures.len()
-            );
+            println!("{} passed, {} failed", checked - failures.len(), failures.len());
             if failures.is_empty() {
                 Ok(())
             } else {
-                Err(Failure::Runtime(anyhow!(
-                    "{} rule test(s) failed",
-                    failures.len()
-                )))
+                Err(Failure::Runtime(anyhow!("{} rule test(s) failed", failures.len())))
             }
         }
         RulesCommand::Lint { dir } => {
@@ -347,10 +332,7 @@ fn rules(command: RulesCommand) -> Result<(), Failure> {
                 println!("ok: {} rules", rules.rules().len());
                 Ok(())
             } else {
-                Err(Failure::Runtime(anyhow!(
-                    "{} lint problem(s)",
-                    problems.len()
-                )))
+                Err(Failure::Runtime(anyhow!("{} lint problem(s)", problems.len())))
             }
         }
     }

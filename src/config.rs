@@ -48,10 +48,7 @@ pub struct TagConfig {
 
 impl Default for TagConfig {
     fn default() -> Self {
-        TagConfig {
-            unmatched: Unmatched::Drop,
-            shape: None,
-        }
+        TagConfig { unmatched: Unmatched::Drop, shape: None }
     }
 }
 
@@ -65,11 +62,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig {
-            max_line_bytes: 1 << 20,
-            read_bytes: 256 * 1024,
-            queue_batches: 16,
-        }
+        LimitsConfig { max_line_bytes: 1 << 20, read_bytes: 256 * 1024, queue_batches: 16 }
     }
 }
 
@@ -102,15 +95,19 @@ impl PipelineConfig {
     pub fn load(file: Option<&Path>) -> Result<PipelineConfig, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
-            let source = config::File::from(file)
-                .format(config::FileFormat::Toml)
-                .required(true);
+            let source = config::File::from(file).format(config::FileFormat::Toml).required(true);
             builder = builder.add_source(source);
         }
+        // Only KUBETAG_<TABLE>__<KEY> names are configuration: Kubernetes itself sets
+        // KUBETAG_PORT and the like in pods next to a Service named kubetag.
+        let vars: std::collections::HashMap<String, String> = std::env::vars()
+            .filter(|(name, _)| name.strip_prefix("KUBETAG_").is_some_and(|key| key.contains("__")))
+            .collect();
         let env = config::Environment::with_prefix("KUBETAG")
             .prefix_separator("_")
             .separator("__")
-            .try_parsing(true);
+            .try_parsing(true)
+            .source(Some(vars));
         let error = |e: config::ConfigError| ConfigError::File {
             path: file.map_or_else(|| "environment".into(), |f| f.display().to_string()),
             message: e.to_string(),
@@ -134,6 +131,8 @@ pub struct Settings {
     pub sinks: Vec<SinkConfig>,
     pub dead_letter: Option<PathBuf>,
     pub stats_file: Option<PathBuf>,
+    /// How often sources with checkpoints save them, when anything was delivered.
+    pub checkpoint_interval: std::time::Duration,
 }
 
 impl Settings {
@@ -141,10 +140,7 @@ impl Settings {
         let limits = config.limits;
         let positive = |key: &'static str, value: usize| {
             if value == 0 {
-                Err(ConfigError::Value {
-                    key,
-                    message: "must be greater than 0".into(),
-                })
+                Err(ConfigError::Value { key, message: "must be greater than 0".into() })
             } else {
                 Ok(value)
             }
@@ -157,6 +153,14 @@ impl Settings {
         if sinks.is_empty() {
             sinks.push(SinkConfig::Stdout);
         }
+        let checkpoint_ms = sources
+            .iter()
+            .filter_map(|s| match s {
+                SourceConfig::Journal(j) => Some(j.checkpoint_interval_ms),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(1000);
         let threads = match config.run.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -173,6 +177,7 @@ impl Settings {
             sinks,
             dead_letter: config.dead_letter.path,
             stats_file: config.run.stats_file,
+            checkpoint_interval: std::time::Duration::from_millis(checkpoint_ms.max(10)),
         })
     }
 }

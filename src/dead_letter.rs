@@ -47,9 +47,10 @@ pub(crate) struct DeadLetter {
 
 impl DeadLetter {
     pub(crate) fn open(path: &PathBuf) -> io::Result<DeadLetter> {
-        Ok(DeadLetter {
-            writer: BufWriter::new(crate::sink::append(path)?),
-        })
+        let file = crate::sink::append(path).map_err(|e| {
+            io::Error::new(e.kind(), format!("dead-letter file {}: {e}", path.display()))
+        })?;
+        Ok(DeadLetter { writer: BufWriter::new(file) })
     }
 
     pub(crate) fn write(&mut self, source: &str, line: u64, reject: &Reject) -> io::Result<()> {

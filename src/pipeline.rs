@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::ack::Ack;
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetter, Reject};
 use crate::record::Malformed;
-use crate::sink::{Batch, Sink};
+use crate::sink::{Batch, Output, Sink};
+use crate::source::journal::{Checkpoint, JournalSource};
 use crate::source::lines::{Frame, Framer, KEPT_PREFIX_BYTES};
 use crate::source::SourceConfig;
 use crate::stats::Counts;
@@ -24,6 +26,7 @@ use crate::tag::{Outcome, Tagger, Worker};
 /// A frame on its way to a worker, with where to send the result.
 struct Job {
     frame: Frame,
+    ack: Option<Ack>,
     reply: flume::Sender<Done>,
 }
 
@@ -40,6 +43,7 @@ struct Done {
     counts: Counts,
     lines: u64,
     rejects: Vec<Reject>,
+    ack: Option<Ack>,
 }
 
 /// How a run ended.
@@ -70,14 +74,7 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
     let (pending, pending_queue) = flume::bounded::<Pending>(threads * 4);
 
     let workers: Vec<_> = (0..threads)
-        .map(|i| {
-            spawn_worker(
-                i,
-                job_queue.clone(),
-                tagger.clone(),
-                settings.max_line_bytes,
-            )
-        })
+        .map(|i| spawn_worker(i, job_queue.clone(), tagger.clone(), settings.max_line_bytes))
         .collect::<io::Result<_>>()?;
     drop(job_queue);
 
@@ -85,47 +82,100 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
     for config in &settings.sinks {
         sinks.push(Sink::start(config, settings.queue_batches)?);
     }
-    let dead_letter = settings
-        .dead_letter
-        .as_ref()
-        .map(DeadLetter::open)
-        .transpose()?;
+    let dead_letter = settings.dead_letter.as_ref().map(DeadLetter::open).transpose()?;
 
     let mut labels = Vec::new();
     let mut readers = Vec::new();
+    let mut checkpoints = Vec::new();
+    let mut streams = Vec::new();
     for (index, config) in settings.sources.iter().enumerate() {
-        let input = config.open()?;
         labels.push(config.label());
-        let feed = Feed {
-            source: index,
-            jobs: jobs.clone(),
-            pending: pending.clone(),
-        };
-        readers.push(spawn_reader(config, input, feed, settings, stop.clone())?);
+        let feed = Feed { source: index, jobs: jobs.clone(), pending: pending.clone() };
+        match config {
+            SourceConfig::Journal(journal) => {
+                let source = JournalSource::new(journal, settings.max_line_bytes)?;
+                checkpoints.push(source.checkpoint());
+                let thread = std::thread::Builder::new().name("source journal".into());
+                let stop = stop.clone();
+                readers.push(thread.spawn(move || source.run(feed, stop))?);
+            }
+            _ => streams.push((config.open()?, feed)),
+        }
+    }
+    // Files and stdin are read one after another, as `cat` would.
+    if !streams.is_empty() {
+        let limits = (settings.max_line_bytes, settings.read_bytes);
+        let (thread, stop) =
+            (std::thread::Builder::new().name("source streams".into()), stop.clone());
+        readers.push(thread.spawn(move || read_streams(streams, limits, stop))?);
     }
     drop((jobs, pending));
+    let timer = CheckpointTimer::start(&checkpoints, settings.checkpoint_interval)?;
 
     let mut collector = Collector::new(labels, sinks, dead_letter);
     collector.collect(&pending_queue, &stop);
     drop(pending_queue);
     if stop.requested() {
-        // Readers may be blocked in a read that will never return; they are not waited for.
-        drop(readers);
+        // Readers may be blocked in a read that will never return, holding the workers'
+        // queue open: neither is waited for; everything they had taken is delivered.
+        drop((readers, workers));
     } else {
         for reader in readers {
             if let Ok(Err(e)) = reader.join() {
                 collector.failures.push(format!("reading input: {e}"));
             }
         }
+        for worker in workers {
+            let _ = worker.join();
+        }
     }
-    for worker in workers {
-        let _ = worker.join();
+    let mut finished = collector.finish();
+
+    // Every sink has flushed: what they delivered can be checkpointed.
+    timer.stop();
+    for checkpoint in &checkpoints {
+        if let Err(e) = checkpoint.save() {
+            finished.failures.push(format!("writing the journal checkpoint: {e}"));
+        }
     }
-    Ok(collector.finish())
+    Ok(finished)
+}
+
+/// Saves checkpoints on a timer, so a quiet journal still records what was delivered.
+struct CheckpointTimer {
+    done: flume::Sender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CheckpointTimer {
+    fn start(checkpoints: &[Arc<Checkpoint>], every: Duration) -> io::Result<CheckpointTimer> {
+        let (done, finished) = flume::bounded::<()>(0);
+        if checkpoints.is_empty() {
+            return Ok(CheckpointTimer { done, thread: None });
+        }
+        let checkpoints = checkpoints.to_vec();
+        let thread = std::thread::Builder::new().name("checkpoints".into()).spawn(move || {
+            while let Err(flume::RecvTimeoutError::Timeout) = finished.recv_timeout(every) {
+                for checkpoint in &checkpoints {
+                    if let Err(e) = checkpoint.save() {
+                        tracing::warn!(error = %e, "cannot write the journal checkpoint");
+                    }
+                }
+            }
+        })?;
+        Ok(CheckpointTimer { done, thread: Some(thread) })
+    }
+
+    fn stop(self) {
+        drop(self.done);
+        if let Some(thread) = self.thread {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// A source's way into the pipeline.
-struct Feed {
+pub(crate) struct Feed {
     source: usize,
     jobs: flume::Sender<Job>,
     pending: flume::Sender<Pending>,
@@ -133,43 +183,53 @@ struct Feed {
 
 impl Feed {
     /// Queues a frame; false once the pipeline no longer takes any.
-    fn send(&self, frame: Frame) -> bool {
+    pub(crate) fn send(&self, frame: Frame, ack: Option<Ack>) -> bool {
         let (reply, result) = flume::bounded(1);
-        let pending = Pending {
-            source: self.source,
-            reply: result,
-        };
-        self.pending.send(pending).is_ok() && self.jobs.send(Job { frame, reply }).is_ok()
+        let pending = Pending { source: self.source, reply: result };
+        self.pending.send(pending).is_ok() && self.jobs.send(Job { frame, ack, reply }).is_ok()
     }
 }
 
-fn spawn_reader(
-    config: &SourceConfig,
-    mut input: Box<dyn io::Read + Send>,
-    feed: Feed,
-    settings: &Settings,
+/// Reads stream inputs in turn, each framed from its start.
+fn read_streams(
+    streams: Vec<(Box<dyn io::Read + Send>, Feed)>,
+    (max_line_bytes, read_bytes): (usize, usize),
     stop: Stop,
-) -> io::Result<JoinHandle<io::Result<()>>> {
-    let mut framer = Framer::new(settings.max_line_bytes, settings.read_bytes);
-    std::thread::Builder::new()
-        .name(format!("source {}", config.label()))
-        .spawn(move || {
-            let mut frames = Vec::new();
-            loop {
-                let n = framer.read(&mut *input, &mut frames)?;
-                if n == 0 {
-                    framer.finish(&mut frames);
-                }
-                for frame in frames.drain(..) {
-                    if !feed.send(frame) {
-                        return Ok(());
-                    }
-                }
-                if n == 0 || stop.requested() {
-                    return Ok(());
-                }
+) -> io::Result<()> {
+    for (input, feed) in streams {
+        let framer = Framer::new(max_line_bytes, read_bytes);
+        if !read_lines(input, framer, &feed, &stop)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Reads one input to its end; false once the pipeline takes no more or a stop is asked.
+fn read_lines(
+    mut input: Box<dyn io::Read + Send>,
+    mut framer: Framer,
+    feed: &Feed,
+    stop: &Stop,
+) -> io::Result<bool> {
+    let mut frames = Vec::new();
+    loop {
+        let n = framer.read(&mut *input, &mut frames)?;
+        if n == 0 {
+            framer.finish(&mut frames);
+        }
+        for frame in frames.drain(..) {
+            if !feed.send(frame, None) {
+                return Ok(false);
             }
-        })
+        }
+        if stop.requested() {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
 }
 
 fn spawn_worker(
@@ -178,15 +238,14 @@ fn spawn_worker(
     tagger: Arc<Tagger>,
     max_line_bytes: usize,
 ) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("tag {index}"))
-        .spawn(move || {
-            let mut worker = Worker::new(tagger);
-            while let Ok(job) = jobs.recv() {
-                let done = process(&mut worker, job.frame, max_line_bytes);
-                let _ = job.reply.send(done);
-            }
-        })
+    std::thread::Builder::new().name(format!("tag {index}")).spawn(move || {
+        let mut worker = Worker::new(tagger);
+        while let Ok(job) = jobs.recv() {
+            let mut done = process(&mut worker, job.frame, max_line_bytes);
+            done.ack = job.ack;
+            let _ = job.reply.send(done);
+        }
+    })
 }
 
 /// Tags every line of a frame.
@@ -256,12 +315,7 @@ fn count(outcome: Outcome, bytes: &Bytes, line: std::ops::Range<usize>, done: &m
 
 fn reject(done: &mut Done, reason: Malformed, raw: Bytes, len: u64) {
     done.counts.malformed(reason);
-    done.rejects.push(Reject {
-        offset: done.lines,
-        reason,
-        raw,
-        len,
-    });
+    done.rejects.push(Reject { offset: done.lines, reason, raw, len });
 }
 
 /// Puts results back in order and hands them on.
@@ -269,6 +323,8 @@ struct Collector {
     labels: Vec<String>,
     lines: Vec<u64>,
     sinks: Vec<Sink>,
+    /// Sinks whose thread stopped; their errors are reported at the end.
+    dead_sinks: Vec<Sink>,
     dead_letter: Option<DeadLetter>,
     counts: Counts,
     failures: Vec<String>,
@@ -279,15 +335,8 @@ impl Collector {
     fn new(labels: Vec<String>, sinks: Vec<Sink>, dead_letter: Option<DeadLetter>) -> Collector {
         let lines = vec![0; labels.len()];
         let (counts, failures, logged) = (Counts::default(), Vec::new(), RateLimit::new());
-        Collector {
-            labels,
-            lines,
-            sinks,
-            dead_letter,
-            counts,
-            failures,
-            logged,
-        }
+        let dead_sinks = Vec::new();
+        Collector { labels, lines, sinks, dead_sinks, dead_letter, counts, failures, logged }
     }
 
     fn collect(&mut self, queue: &flume::Receiver<Pending>, stop: &Stop) {
@@ -323,11 +372,18 @@ impl Collector {
         }
         self.counts.add(&done.counts);
         if done.out.is_empty() {
+            // Nothing to deliver: the frame settles as its ack drops here.
             return true;
         }
-        let batch: Batch = Arc::new(done.out);
-        self.sinks
-            .retain(|sink| sink.queue.send(batch.clone()).is_ok());
+        let batch: Batch = Arc::new(Output { bytes: done.out, ack: done.ack });
+        let (live, dead): (Vec<Sink>, Vec<Sink>) = std::mem::take(&mut self.sinks)
+            .into_iter()
+            .partition(|sink| sink.queue.send(batch.clone()).is_ok());
+        if !dead.is_empty() {
+            batch.fail();
+        }
+        self.sinks = live;
+        self.dead_sinks.extend(dead);
         !self.sinks.is_empty()
     }
 
@@ -338,11 +394,9 @@ impl Collector {
             tracing::warn!(source = %label, line, reason, "malformed line skipped");
         }
         if let Some(dead_letter) = &mut self.dead_letter {
-            match dead_letter.write(label, line, reject) {
+            match dead_letter.write(label, line, reject).and_then(|()| dead_letter.flush()) {
                 Ok(()) => self.counts.dead_lettered += 1,
-                Err(e) => self
-                    .failures
-                    .push(format!("writing the dead-letter file: {e}")),
+                Err(e) => self.failures.push(format!("writing the dead-letter file: {e}")),
             }
         }
     }
@@ -351,11 +405,11 @@ impl Collector {
         self.logged.flush();
         if let Some(dead_letter) = &mut self.dead_letter {
             if let Err(e) = dead_letter.flush() {
-                self.failures
-                    .push(format!("writing the dead-letter file: {e}"));
+                self.failures.push(format!("writing the dead-letter file: {e}"));
             }
         }
-        for sink in self.sinks.drain(..) {
+        let sinks: Vec<Sink> = self.sinks.drain(..).chain(self.dead_sinks.drain(..)).collect();
+        for sink in sinks {
             drop(sink.queue);
             match sink.thread.join() {
                 Ok(Ok(())) => {}
@@ -365,10 +419,7 @@ impl Collector {
                 Err(_) => self.failures.push(format!("sink {} stopped", sink.label)),
             }
         }
-        Finished {
-            counts: self.counts,
-            failures: self.failures,
-        }
+        Finished { counts: self.counts, failures: self.failures }
     }
 }
 
@@ -382,10 +433,7 @@ impl RateLimit {
     const EVERY: Duration = Duration::from_secs(10);
 
     fn new() -> RateLimit {
-        RateLimit {
-            last: None,
-            suppressed: 0,
-        }
+        RateLimit { last: None, suppressed: 0 }
     }
 
     fn allow(&mut self) -> bool {

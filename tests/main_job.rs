@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn categories(out: &[u8]) -> Vec<String> {
-    lines(out)
-        .iter()
-        .map(|v| v["kubetag"]["category"].as_str().unwrap().to_string())
-        .collect()
+    lines(out).iter().map(|v| v["kubetag"]["category"].as_str().unwrap().to_string()).collect()
 }
 
 #[test]
@@ -21,25 +18,13 @@ fn shipped_sample_journal_yields_exactly_the_errors() {
     let export = std::fs::read(root().join("examples/node.export")).unwrap();
     let journal = journal_from_export(dir.path(), &export);
     let input = journalctl_json(&journal, &[]);
-    let output = run(
-        &["--stats-file", dir.path().join("s.json").to_str().unwrap()],
-        &input,
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = run(&["--stats-file", dir.path().join("s.json").to_str().unwrap()], &input);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
     let records = lines(&output.stdout);
     let got: Vec<(&str, &str)> = records
         .iter()
-        .map(|r| {
-            (
-                r["MESSAGE"].as_str().unwrap(),
-                r["kubetag"]["category"].as_str().unwrap(),
-            )
-        })
+        .map(|r| (r["MESSAGE"].as_str().unwrap(), r["kubetag"]["category"].as_str().unwrap()))
         .collect();
     let want = [
         ("pull access denied", "image_pull"),
@@ -62,23 +47,14 @@ fn shipped_sample_journal_yields_exactly_the_errors() {
         assert!(!tag["remediation"].as_array().unwrap().is_empty(), "{tag}");
         assert_eq!(tag["attributes"]["k8s.node.name"], "node-1");
         assert_eq!(tag["component"], "kubelet");
-        assert!(tag["timestamp"]
-            .as_str()
-            .unwrap()
-            .starts_with("2026-12-04T09:00:"));
+        assert!(tag["timestamp"].as_str().unwrap().starts_with("2026-12-04T09:00:"));
     }
-    assert_eq!(
-        records[0]["kubetag"]["attributes"]["container.image.name"],
-        "myrepo/myapp:v1.0"
-    );
+    assert_eq!(records[0]["kubetag"]["attributes"]["container.image.name"], "myrepo/myapp:v1.0");
     assert_eq!(
         records[3]["kubetag"]["attributes"]["k8s.volume.name"],
         "pvc-8e4b2a10-1c3d-4e5f-a6b7-c8d9e0f1a2b3"
     );
-    assert_eq!(
-        records[1]["kubetag"]["attributes"]["k8s.pod.name"],
-        "cart-5f6d"
-    );
+    assert_eq!(records[1]["kubetag"]["attributes"]["k8s.pod.name"], "cart-5f6d");
 
     let stats = stats(&dir.path().join("s.json"));
     assert_eq!(stats["records_read"], 20);
@@ -92,10 +68,7 @@ fn byte_array_null_and_multi_valued_messages() {
     let dir = tempfile::tempdir().unwrap();
     let long = format!("Failed to pull image \"big:1\": {}", "x".repeat(5000));
     let mut multi = Entry::new(3, "kubelet.service", "first line, nothing wrong");
-    multi.set(
-        "MESSAGE",
-        "Failed to pull image \"multi:2\": rpc error: code = NotFound",
-    );
+    multi.set("MESSAGE", "Failed to pull image \"multi:2\": rpc error: code = NotFound");
     let entries = [
         Entry::new(
             1,
@@ -108,38 +81,20 @@ fn byte_array_null_and_multi_valued_messages() {
     let journal = journal(dir.path(), &entries);
     let input = journalctl_json(&journal, &[]);
     let text = String::from_utf8_lossy(&input);
-    assert!(
-        text.contains("\"MESSAGE\":[27,"),
-        "journalctl prints bytes: {text}"
-    );
-    assert!(
-        text.contains("\"MESSAGE\":null"),
-        "journalctl omits long values: {text}"
-    );
-    assert!(
-        text.contains("\"MESSAGE\":[\"first line"),
-        "several values: {text}"
-    );
+    assert!(text.contains("\"MESSAGE\":[27,"), "journalctl prints bytes: {text}");
+    assert!(text.contains("\"MESSAGE\":null"), "journalctl omits long values: {text}");
+    assert!(text.contains("\"MESSAGE\":[\"first line"), "several values: {text}");
 
     let output = run(&["--unmatched", "pass"], &input);
     assert!(output.status.success());
     let records = lines(&output.stdout);
     assert_eq!(records.len(), 3);
     assert_eq!(records[0]["kubetag"]["category"], "image_pull");
-    assert_eq!(
-        records[0]["MESSAGE"][0], 27,
-        "the byte array is forwarded unchanged"
-    );
-    assert!(
-        records[1].get("kubetag").is_none(),
-        "null message stays unmatched"
-    );
+    assert_eq!(records[0]["MESSAGE"][0], 27, "the byte array is forwarded unchanged");
+    assert!(records[1].get("kubetag").is_none(), "null message stays unmatched");
     assert!(records[1]["MESSAGE"].is_null());
     assert_eq!(records[2]["kubetag"]["category"], "image_pull");
-    assert_eq!(
-        records[2]["kubetag"]["attributes"]["container.image.name"],
-        "multi:2"
-    );
+    assert_eq!(records[2]["kubetag"]["attributes"]["container.image.name"], "multi:2");
 
     // With --all journalctl prints the long value, and it is tagged.
     let input = journalctl_json(&journal, &["--all"]);
@@ -154,15 +109,9 @@ fn unmatched_pass_is_byte_identical() {
     let output = run(&["--unmatched", "pass"], &input);
     assert!(output.status.success());
 
-    let inputs: Vec<&[u8]> = input
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    let outputs: Vec<&[u8]> = output
-        .stdout
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    let inputs: Vec<&[u8]> = input.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let outputs: Vec<&[u8]> =
+        output.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
     assert_eq!(inputs.len(), outputs.len());
     let mut tagged = 0;
     for (input, output) in inputs.iter().zip(&outputs) {
@@ -171,11 +120,7 @@ fn unmatched_pass_is_byte_identical() {
         }
         // A tagged record is the original with the tag appended before the closing brace.
         let body = &input[..input.len() - 1];
-        assert!(
-            output.starts_with(body),
-            "{}",
-            String::from_utf8_lossy(output)
-        );
+        assert!(output.starts_with(body), "{}", String::from_utf8_lossy(output));
         assert!(output[body.len()..].starts_with(b",\"kubetag\":{"));
         tagged += 1;
     }
@@ -214,11 +159,7 @@ fn every_kind_of_bad_input_is_counted_and_survived() {
         dead_path.to_str().unwrap(),
     ];
     let output = run(&args, &input);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(categories(&output.stdout), ["image_pull"; 4]);
 
     let stats = stats(&stats_path);
@@ -242,10 +183,8 @@ fn every_kind_of_bad_input_is_counted_and_survived() {
     }
 
     let dead = lines(&std::fs::read(&dead_path).unwrap());
-    let where_: Vec<(u64, &str)> = dead
-        .iter()
-        .map(|d| (d["line"].as_u64().unwrap(), d["reason"].as_str().unwrap()))
-        .collect();
+    let where_: Vec<(u64, &str)> =
+        dead.iter().map(|d| (d["line"].as_u64().unwrap(), d["reason"].as_str().unwrap())).collect();
     assert_eq!(
         where_,
         [
@@ -304,9 +243,7 @@ fn follow_mode_writes_each_tagged_line_at_once() {
         .spawn()
         .unwrap();
     let lines = line_reader(child.stdout.take().unwrap());
-    let line = lines
-        .recv_timeout(Duration::from_secs(20))
-        .expect("a tagged line while -f runs");
+    let line = lines.recv_timeout(Duration::from_secs(20)).expect("a tagged line while -f runs");
     assert!(line.contains("\"category\":\"image_pull\""), "{line}");
     journalctl.kill().unwrap();
     let _ = journalctl.wait();
@@ -328,9 +265,7 @@ fn follow_mode_writes_each_tagged_line_at_once() {
         );
         writeln!(stdin, "{record}").unwrap();
         stdin.flush().unwrap();
-        let line = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the line comes at once");
+        let line = lines.recv_timeout(Duration::from_secs(20)).expect("the line comes at once");
         assert!(line.contains(&format!("app{n}")), "{line}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
@@ -414,21 +349,14 @@ fn config_file_environment_and_flags_layer() {
     let mut child = kubetag();
     child.env("KUBETAG_TAG__UNMATCHED", "drop");
     let output = with_env_run(child, &["--config", config], chatter);
-    assert!(
-        output.stdout.is_empty(),
-        "the environment overrides the file"
-    );
+    assert!(output.stdout.is_empty(), "the environment overrides the file");
 
     let mut child = kubetag();
     child.env("KUBETAG_TAG__UNMATCHED", "drop");
     let output = with_env_run(child, &["--config", config, "--unmatched", "pass"], chatter);
     assert_eq!(output.stdout, chatter, "flags override the environment");
 
-    std::fs::write(
-        dir.path().join("bad.toml"),
-        "[limits]\nmax_line_bytes = \"lots\"\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("bad.toml"), "[limits]\nmax_line_bytes = \"lots\"\n").unwrap();
     let bad = dir.path().join("bad.toml");
     let output = run(&["--config", bad.to_str().unwrap()], b"");
     assert_eq!(output.status.code(), Some(2));
@@ -462,15 +390,9 @@ fn a_broken_rules_directory_is_refused_with_file_rule_and_key() {
     let output = run(&["--rules", rules], b"");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("demo.toml: rule demo.one: key category"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("demo.toml: rule demo.one: key category"), "{stderr}");
 
-    let output = kubetag_tool()
-        .args(["check", "--rules", rules])
-        .output()
-        .unwrap();
+    let output = kubetag_tool().args(["check", "--rules", rules]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("key category"));
 
@@ -479,11 +401,7 @@ fn a_broken_rules_directory_is_refused_with_file_rule_and_key() {
         .arg(root().join("pipeline.toml"))
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]
@@ -512,11 +430,7 @@ fn rules_patterns_lists_the_automaton() {
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.lines().count() > 50);
-    assert!(
-        text.lines()
-            .any(|l| l.eq_ignore_ascii_case("PLEG is not healthy")),
-        "{text}"
-    );
+    assert!(text.lines().any(|l| l.eq_ignore_ascii_case("PLEG is not healthy")), "{text}");
 }
 
 #[test]
@@ -529,7 +443,8 @@ fn threads_keep_each_sources_order_and_bytes() {
         } else {
             format!("Started container {n} in pod default/web-{n}")
         };
-        let line = format!(r#"{{"_SYSTEMD_UNIT":"kubelet.service","N":{n},"MESSAGE":"{message}"}}"#);
+        let line =
+            format!(r#"{{"_SYSTEMD_UNIT":"kubelet.service","N":{n},"MESSAGE":"{message}"}}"#);
         input.extend_from_slice(line.as_bytes());
         input.push(b'\n');
     }
@@ -544,8 +459,11 @@ fn threads_keep_each_sources_order_and_bytes() {
         assert_eq!(record["N"], n, "order kept");
         assert_eq!(record.get("kubetag").is_some(), n % 97 == 0, "record {n}");
     }
-    let untagged: Vec<&[u8]> =
-        output.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty() && !l.ends_with(b"}}")).collect();
+    let untagged: Vec<&[u8]> = output
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty() && !l.ends_with(b"}}"))
+        .collect();
     let originals: Vec<&[u8]> = input
         .split(|&b| b == b'\n')
         .enumerate()
@@ -553,4 +471,67 @@ fn threads_keep_each_sources_order_and_bytes() {
         .map(|(_, l)| l)
         .collect();
     assert_eq!(untagged, originals, "pass-through is byte-identical");
+}
+
+#[test]
+fn a_sink_that_fails_mid_run_fails_the_run() {
+    let record = "{\"MESSAGE\":\"Failed to pull image \\\"x:1\\\": rpc error: code = NotFound\"}\n";
+    let input = record.repeat(50_000);
+    let output = run(&["--output", "/dev/full"], input.as_bytes());
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/dev/full"));
+}
+
+#[test]
+fn sigterm_on_an_idle_stdin_drains_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let stats = dir.path().join("stats.json");
+    let mut child = kubetag()
+        .args(["--stats-file", stats.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, r#"{{"MESSAGE":"Failed to pull image \"a:1\": rpc error: code = NotFound"}}"#)
+        .unwrap();
+    let lines = line_reader(child.stdout.take().unwrap());
+    lines.recv_timeout(Duration::from_secs(20)).expect("the record comes through");
+    let started = Instant::now();
+    std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(5), "exits without waiting for stdin");
+    assert_eq!(common::stats(&stats)["tagged"], 1);
+    drop(stdin);
+}
+
+#[test]
+fn unrelated_kubetag_variables_are_ignored() {
+    let mut command = kubetag();
+    command.env("KUBETAG_PORT", "tcp://127.0.0.1:8080").env("KUBETAG_SERVICE_HOST", "127.0.0.1");
+    let output = with_env_run(command, &[], b"{\"MESSAGE\":\"hello\"}\n");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn inputs_are_read_one_after_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, tag: &str| {
+        let path = dir.path().join(name);
+        let body: String = (0..20_000)
+            .map(|n| format!("{{\"F\":\"{tag}\",\"N\":{n},\"MESSAGE\":\"x\"}}\n"))
+            .collect();
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    let (a, b) = (write("a.json", "a"), write("b.json", "b"));
+    let output = run(&["--unmatched", "pass", a.to_str().unwrap(), b.to_str().unwrap()], b"");
+    let files: Vec<String> =
+        lines(&output.stdout).iter().map(|r| r["F"].as_str().unwrap().to_string()).collect();
+    let switches = files.windows(2).filter(|w| w[0] != w[1]).count();
+    assert_eq!((files.len(), switches), (40_000, 1), "a, then b");
+    let output = run(&["-", "-"], b"");
+    assert_eq!(output.status.code(), Some(2));
 }

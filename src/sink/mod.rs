@@ -9,6 +9,8 @@ use std::thread::JoinHandle;
 
 use serde::Deserialize;
 
+use crate::ack::Ack;
+
 /// One configured sink, a `[sinks.NAME]` table.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -26,14 +28,10 @@ impl SinkConfig {
             return Ok(SinkConfig::Stdout);
         }
         if let Some(path) = url.strip_prefix("file:") {
-            return Ok(SinkConfig::File {
-                path: path.trim_start_matches("//").into(),
-            });
+            return Ok(SinkConfig::File { path: path.trim_start_matches("//").into() });
         }
         if let Some((scheme, _)) = url.split_once("://") {
-            return Err(format!(
-                "output scheme {scheme}:// is not supported by this build"
-            ));
+            return Err(format!("output scheme {scheme}:// is not supported by this build"));
         }
         Ok(SinkConfig::File { path: url.into() })
     }
@@ -57,8 +55,23 @@ pub(crate) fn append(path: &PathBuf) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// Bytes of whole output lines, shared by every sink.
-pub(crate) type Batch = Arc<Vec<u8>>;
+/// Whole output lines from one frame, shared by every sink. The frame's ack is released
+/// when the last sink lets go of the batch after delivering it.
+pub(crate) struct Output {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) ack: Option<Ack>,
+}
+
+impl Output {
+    /// Marks the frame as not delivered, so its source does not checkpoint past it.
+    pub(crate) fn fail(&self) {
+        if let Some(ack) = &self.ack {
+            ack.fail();
+        }
+    }
+}
+
+pub(crate) type Batch = Arc<Output>;
 
 /// A running sink: its queue and its thread.
 pub(crate) struct Sink {
@@ -74,28 +87,37 @@ const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
 impl Sink {
     pub(crate) fn start(config: &SinkConfig, queue_batches: usize) -> io::Result<Sink> {
-        let writer = config.open()?;
+        let writer = config
+            .open()
+            .map_err(|e| io::Error::new(e.kind(), format!("output {}: {e}", config.label())))?;
         let (queue, batches) = flume::bounded::<Batch>(queue_batches);
         let label = config.label();
         let thread = std::thread::Builder::new()
             .name(format!("sink {label}"))
             .spawn(move || write_batches(batches, writer))?;
-        Ok(Sink {
-            label,
-            queue,
-            thread,
-            is_stdout: *config == SinkConfig::Stdout,
-        })
+        Ok(Sink { label, queue, thread, is_stdout: *config == SinkConfig::Stdout })
     }
 }
 
+/// Writes batches, holding each until the flush that makes it durable; on a failure every
+/// batch not yet flushed, and every later one, is marked undelivered.
 fn write_batches(batches: flume::Receiver<Batch>, writer: Box<dyn Write + Send>) -> io::Result<()> {
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
-    while let Ok(batch) = batches.recv() {
-        writer.write_all(&batch)?;
-        if batches.is_empty() {
-            writer.flush()?;
+    let mut unflushed: Vec<Batch> = Vec::new();
+    let result = (|| {
+        while let Ok(batch) = batches.recv() {
+            writer.write_all(&batch.bytes)?;
+            unflushed.push(batch);
+            if batches.is_empty() {
+                writer.flush()?;
+                unflushed.clear();
+            }
         }
+        writer.flush()
+    })();
+    if result.is_err() {
+        unflushed.iter().chain(batches.drain().collect::<Vec<_>>().iter()).for_each(|b| b.fail());
     }
-    writer.flush()
+    unflushed.clear();
+    result
 }

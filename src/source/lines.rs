@@ -27,12 +27,7 @@ pub(crate) struct Framer {
 
 impl Framer {
     pub(crate) fn new(max_line_bytes: usize, read_bytes: usize) -> Framer {
-        Framer {
-            buf: BytesMut::new(),
-            max_line_bytes,
-            read_bytes,
-            skipping: None,
-        }
+        Framer { buf: BytesMut::new(), max_line_bytes, read_bytes, skipping: None }
     }
 
     /// Reads once from `reader`, appending the frames that are complete. Returns the bytes
@@ -73,10 +68,7 @@ impl Framer {
                 return;
             };
             let _ = self.buf.split_to(at + 1);
-            out.push(Frame::Oversize {
-                prefix,
-                len: len + at as u64,
-            });
+            out.push(Frame::Oversize { prefix, len: len + at as u64 });
             fresh = 0;
         }
         if let Some(at) = memchr::memrchr(b'\n', &self.buf[fresh..]) {
@@ -124,10 +116,7 @@ mod tests {
 
     #[test]
     fn whole_lines_only() {
-        assert_eq!(
-            frames(&[b"ab\ncd", b"e\nf"], 100),
-            ["L:ab\n", "L:cde\n", "L:f"]
-        );
+        assert_eq!(frames(&[b"ab\ncd", b"e\nf"], 100), ["L:ab\n", "L:cde\n", "L:f"]);
     }
 
     #[test]

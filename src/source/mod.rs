@@ -1,6 +1,8 @@
 //! Sources: where records come from. Each runs on its own thread, cuts its input into
 //! frames and hands them to the pipeline in order.
 
+pub(crate) mod export;
+pub(crate) mod journal;
 pub(crate) mod lines;
 
 use std::fs::File;
@@ -17,23 +19,32 @@ pub enum SourceConfig {
     Stdin,
     /// journalctl JSON lines from a file, read to its end.
     File { path: PathBuf },
+    /// The journal itself, read with `journalctl --output=export` and checkpointed.
+    Journal(journal::JournalConfig),
 }
 
 impl SourceConfig {
+    /// A FILE argument: `-` is stdin, anything else a path.
+    pub fn from_path(path: &str) -> SourceConfig {
+        match path {
+            "-" => SourceConfig::Stdin,
+            path => SourceConfig::File { path: path.into() },
+        }
+    }
+
     /// Parses an `--input` value: `-` or `stdin`, `file:PATH`, or a plain path.
     pub fn from_url(url: &str) -> Result<SourceConfig, String> {
         if url == "-" || url == "stdin" {
             return Ok(SourceConfig::Stdin);
         }
+        if url == "journal" {
+            return Ok(SourceConfig::Journal(journal::JournalConfig::default()));
+        }
         if let Some(path) = url.strip_prefix("file:") {
-            return Ok(SourceConfig::File {
-                path: path.trim_start_matches("//").into(),
-            });
+            return Ok(SourceConfig::File { path: path.trim_start_matches("//").into() });
         }
         if let Some((scheme, _)) = url.split_once("://") {
-            return Err(format!(
-                "input scheme {scheme}:// is not supported by this build"
-            ));
+            return Err(format!("input scheme {scheme}:// is not supported by this build"));
         }
         Ok(SourceConfig::File { path: url.into() })
     }
@@ -43,14 +54,26 @@ impl SourceConfig {
         match self {
             SourceConfig::Stdin => "stdin".into(),
             SourceConfig::File { path } => path.display().to_string(),
+            SourceConfig::Journal(_) => "journal".into(),
         }
     }
 
-    /// Opens the input, so a missing file is refused before anything runs.
+    /// Checks that the source can start, so a missing file is refused before anything runs.
+    pub(crate) fn check(&self) -> io::Result<()> {
+        match self {
+            SourceConfig::Journal(journal) => journal.check(),
+            _ => self.open().map(|_| ()),
+        }
+    }
+
+    /// Opens a stream input.
     pub(crate) fn open(&self) -> io::Result<Box<dyn Read + Send>> {
         Ok(match self {
             SourceConfig::Stdin => Box::new(io::stdin()),
             SourceConfig::File { path } => Box::new(File::open(path)?),
+            SourceConfig::Journal(_) => {
+                return Err(io::Error::other("the journal is not a stream input"));
+            }
         })
     }
 }

@@ -63,12 +63,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(tagger: Arc<Tagger>) -> Worker {
-        Worker {
-            tagger,
-            fields: Vec::new(),
-            message: Vec::new(),
-            matches: Scratch::default(),
-        }
+        Worker { tagger, fields: Vec::new(), message: Vec::new(), matches: Scratch::default() }
     }
 
     /// Judges one line (without its newline) and appends what is forwarded to `out`.
@@ -87,11 +82,7 @@ impl Worker {
             Ok(close) => close,
             Err(reason) => return Outcome::Malformed(reason),
         };
-        let record = Record {
-            line,
-            fields: &self.fields,
-            close,
-        };
+        let record = Record { line, fields: &self.fields, close };
         let tagger = &*self.tagger;
         let text = match record.message(&tagger.shape, &mut self.message) {
             Ok(Message::Text(text)) => text,
@@ -103,20 +94,14 @@ impl Worker {
         }
 
         let component = component::classify(record.first_text(&tagger.shape.component).as_deref());
-        if !tagger
-            .rules
-            .confirm(&text, component.agents, &mut self.matches)
-        {
+        if !tagger.rules.confirm(&text, component.agents, &mut self.matches) {
             return Outcome::Unmatched;
         }
         let hits = &self.matches.hits;
         let tag = build_tag(tagger, &record, &text, &component, hits);
         write_tagged(&record, &tag, out);
         let rule = hits[0];
-        Outcome::Tagged {
-            rule,
-            category: tagger.rules.rule(rule).category,
-        }
+        Outcome::Tagged { rule, category: tagger.rules.rule(rule).category }
     }
 }
 
@@ -167,10 +152,7 @@ fn build_tag<'a>(
         category: primary.category.id(),
         categories,
         rule: primary.id.as_str(),
-        rules: hits
-            .iter()
-            .map(|&r| tagger.rules.rule(r).id.as_str())
-            .collect(),
+        rules: hits.iter().map(|&r| tagger.rules.rule(r).id.as_str()).collect(),
         severity: primary.severity.name(),
         component: &component.name,
         summary: &primary.summary,
@@ -182,35 +164,35 @@ fn build_tag<'a>(
     }
 }
 
+/// 10000-01-01T00:00:00Z in microseconds since the epoch.
+const MAX_RFC3339_MICROS: u64 = 253_402_300_800_000_000;
+
 /// RFC 3339 from journald's microseconds since the epoch.
 fn timestamp(record: &Record<'_>, shape: &Shape) -> Option<String> {
-    let micros: u64 = record
-        .first_text(&shape.realtime_usec)?
-        .trim()
-        .parse()
-        .ok()?;
+    let micros: u64 = record.first_text(&shape.realtime_usec)?.trim().parse().ok()?;
+    // RFC 3339 has four-digit years: a later time is left out rather than misprinted.
+    if micros >= MAX_RFC3339_MICROS {
+        return None;
+    }
     let time = UNIX_EPOCH.checked_add(Duration::from_micros(micros))?;
     Some(humantime::format_rfc3339_micros(time).to_string())
 }
 
-/// The original record, every field as it was, with the `kubetag` object added last. A
+/// The original record, every field as it was, with the `kubetag` object added last. Any
 /// `kubetag` field already present (a record tagged before) is replaced.
 fn write_tagged(record: &Record<'_>, tag: &Tag<'_>, out: &mut Vec<u8>) {
     let line = record.line;
-    let old = record.field("kubetag");
-    match old {
-        None => {
-            out.extend_from_slice(&line[..record.close]);
-            if !record.fields.is_empty() {
-                out.push(b',');
-            }
+    let is_tag = |f: &Field| &line[f.key.clone()] == b"kubetag";
+    if record.fields.iter().any(is_tag) {
+        out.push(b'{');
+        for field in record.fields.iter().filter(|f| !is_tag(f)) {
+            out.extend_from_slice(&line[field.span.clone()]);
+            out.push(b',');
         }
-        Some(old) => {
-            out.push(b'{');
-            for field in record.fields.iter().filter(|f| f.span != old.span) {
-                out.extend_from_slice(&line[field.span.clone()]);
-                out.push(b',');
-            }
+    } else {
+        out.extend_from_slice(&line[..record.close]);
+        if !record.fields.is_empty() {
+            out.push(b',');
         }
     }
     out.extend_from_slice(b"\"kubetag\":");
@@ -224,11 +206,7 @@ mod tests {
 
     fn worker(unmatched: Unmatched) -> Worker {
         let rules = Arc::new(RuleSet::shipped().expect("shipped rules load"));
-        Worker::new(Arc::new(Tagger {
-            rules,
-            shape: Shape::journald(),
-            unmatched,
-        }))
+        Worker::new(Arc::new(Tagger { rules, shape: Shape::journald(), unmatched }))
     }
 
     fn run(worker: &mut Worker, line: &str) -> (Outcome, String) {
@@ -249,10 +227,7 @@ mod tests {
         assert_eq!(tag["category"], "image_pull");
         assert_eq!(tag["component"], "kubelet");
         assert_eq!(tag["attributes"]["k8s.node.name"], "node-1");
-        assert_eq!(
-            tag["attributes"]["container.image.name"],
-            "myrepo/myapp:v1.0"
-        );
+        assert_eq!(tag["attributes"]["container.image.name"], "myrepo/myapp:v1.0");
         assert_eq!(tag["log"]["format"], "klog");
         assert_eq!(tag["log"]["source"], "kuberuntime_image.go:53");
         assert_eq!(tag["timestamp"], "2023-11-14T22:13:20.123456Z");
@@ -260,11 +235,19 @@ mod tests {
 
     #[test]
     fn a_previous_tag_is_replaced() {
-        let line = PULL.replacen('{', r#"{"kubetag":{"category":"old"},"#, 1);
+        let line = PULL.replacen('{', r#"{"kubetag":{"category":"old"},"kubetag":2,"#, 1);
         let (_, out) = run(&mut worker(Unmatched::Drop), &line);
         let value: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(value["kubetag"]["category"], "image_pull");
         assert_eq!(out.matches("\"kubetag\"").count(), 1);
+    }
+
+    #[test]
+    fn a_time_past_year_9999_is_left_out() {
+        let line = PULL.replace("1700000000123456", "253402300800000000");
+        let (_, out) = run(&mut worker(Unmatched::Drop), &line);
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(value["kubetag"].get("timestamp").is_none());
     }
 
     #[test]
@@ -284,9 +267,6 @@ mod tests {
             run(&mut worker, "{\"MESSAGE\":"),
             (Outcome::Malformed(Malformed::Truncated), String::new())
         );
-        assert_eq!(
-            run(&mut worker, "{}").0,
-            Outcome::Malformed(Malformed::NoMessage)
-        );
+        assert_eq!(run(&mut worker, "{}").0, Outcome::Malformed(Malformed::NoMessage));
     }
 }
