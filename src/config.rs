@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::record::Shape;
+use crate::record::{Shape, ShapeConfig};
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
 use crate::tag::Unmatched;
@@ -42,8 +42,8 @@ pub struct RulesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TagConfig {
     pub unmatched: Unmatched,
-    /// Field names: the journald preset unless replaced.
-    pub shape: Option<Shape>,
+    /// Field names: a preset (journald, fluent-bit, vector) or explicit lists.
+    pub shape: Option<ShapeConfig>,
 }
 
 impl Default for TagConfig {
@@ -168,7 +168,12 @@ impl Settings {
         Ok(Settings {
             rules_dir: config.rules.dir,
             unmatched: config.tag.unmatched,
-            shape: config.tag.shape.unwrap_or_else(Shape::journald),
+            shape: match &config.tag.shape {
+                None => Shape::journald(),
+                Some(shape) => shape
+                    .resolve()
+                    .map_err(|message| ConfigError::Value { key: "tag.shape", message })?,
+            },
             max_line_bytes: positive("limits.max_line_bytes", limits.max_line_bytes)?,
             read_bytes: positive("limits.read_bytes", limits.read_bytes)?,
             queue_batches: positive("limits.queue_batches", limits.queue_batches)?,

@@ -19,6 +19,7 @@ use crate::record::Malformed;
 use crate::sink::{Batch, Output, Sink};
 use crate::source::journal::{Checkpoint, JournalSource};
 use crate::source::lines::{Frame, Framer, KEPT_PREFIX_BYTES};
+use crate::source::tcp::TcpSource;
 use crate::source::SourceConfig;
 use crate::stats::Counts;
 use crate::tag::{Outcome, Tagger, Worker};
@@ -99,6 +100,13 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
                 let stop = stop.clone();
                 readers.push(thread.spawn(move || source.run(feed, stop))?);
             }
+            SourceConfig::Tcp(tcp) => {
+                let source = TcpSource::bind(tcp)?;
+                let limits = (settings.max_line_bytes, settings.read_bytes);
+                let (thread, stop) =
+                    (std::thread::Builder::new().name("source tcp".into()), stop.clone());
+                readers.push(thread.spawn(move || source.run(feed, stop, limits))?);
+            }
             _ => streams.push((config.open()?, feed)),
         }
     }
@@ -175,6 +183,7 @@ impl CheckpointTimer {
 }
 
 /// A source's way into the pipeline.
+#[derive(Clone)]
 pub(crate) struct Feed {
     source: usize,
     jobs: flume::Sender<Job>,

@@ -4,11 +4,11 @@
 //! few fields kubetag needs (MESSAGE, the unit, the host, the time) are decoded on demand.
 
 pub(crate) mod json;
-mod shape;
+pub(crate) mod shape;
 
 use std::borrow::Cow;
 
-pub use shape::Shape;
+pub use shape::{Shape, ShapeConfig};
 
 use json::{Field, Kind};
 

@@ -235,7 +235,7 @@ fn event(out: &[u8], rule: u32, shape: &Shape) -> Event {
     let Ok(mut record) = serde_json::from_slice::<Map<String, Value>>(out) else {
         return event;
     };
-    event.micros = first(&record, &shape.realtime_usec).and_then(micros);
+    event.micros = first(&record, &shape.time).and_then(micros);
     event.message = first(&record, &shape.message).map_or_else(String::new, message_text);
     let unit = record.get("_SYSTEMD_UNIT").and_then(Value::as_str);
     let unit = unit.map(str::to_string);
@@ -253,8 +253,8 @@ fn first<'a>(record: &'a Map<String, Value>, names: &[String]) -> Option<&'a Val
 
 fn micros(value: &Value) -> Option<u64> {
     match value {
-        Value::String(text) => text.trim().parse().ok(),
-        Value::Number(number) => number.as_u64(),
+        Value::String(text) => crate::record::shape::micros(text),
+        Value::Number(number) => crate::record::shape::micros(&number.to_string()),
         _ => None,
     }
 }

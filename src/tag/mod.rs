@@ -169,7 +169,7 @@ const MAX_RFC3339_MICROS: u64 = 253_402_300_800_000_000;
 
 /// RFC 3339 from journald's microseconds since the epoch.
 fn timestamp(record: &Record<'_>, shape: &Shape) -> Option<String> {
-    let micros: u64 = record.first_text(&shape.realtime_usec)?.trim().parse().ok()?;
+    let micros = crate::record::shape::micros(&record.first_text(&shape.time)?)?;
     // RFC 3339 has four-digit years: a later time is left out rather than misprinted.
     if micros >= MAX_RFC3339_MICROS {
         return None;

@@ -1,0 +1,154 @@
+//! kubetag as a sidecar: records from Fluent Bit and Vector, in their own field shapes, over
+//! real TCP connections, tagged exactly like journalctl's.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const PULL: &str = r#"E1204 09:00:03.000000    2101 remote_image.go:180] "PullImage from image service failed" err="rpc error: code = NotFound desc = failed to pull and unpack image" image="shop/cart:2.1" pod="shop/cart-5f6d""#;
+
+/// Starts kubetag with a TCP source and `extra` config; returns it, its address and its
+/// stdout lines.
+fn listen(extra: &str) -> (Child, String, Receiver<String>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    let text = format!("[sources.peer]\ntype = \"tcp\"\naddress = \"127.0.0.1:0\"\n{extra}");
+    std::fs::write(&config, text).unwrap();
+    let mut child = kubetag_tool()
+        .args(["--config", config.to_str().unwrap(), "--log-level", "info", "--log-format", "json"])
+        .arg("--stats-file")
+        .arg(dir.path().join("stats.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Readiness: the "listening" log line names the bound address.
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let address = loop {
+        let line = lines.next().expect("kubetag logs that it listens").unwrap();
+        let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if log["fields"]["message"] == "listening" {
+            break log["fields"]["address"].as_str().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let out = lines_of(child.stdout.take().unwrap());
+    (child, address, out, dir)
+}
+
+fn lines_of(output: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn next(out: &Receiver<String>) -> Value {
+    let line = out.recv_timeout(Duration::from_secs(20)).expect("a tagged record");
+    serde_json::from_str(&line).unwrap()
+}
+
+fn stop(mut child: Child, dir: &tempfile::TempDir) -> Value {
+    std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    common::stats(&dir.path().join("stats.json"))
+}
+
+/// What journalctl's own record gets, to compare the shippers' records with.
+fn journald_tag() -> Value {
+    let record = json!({"_SYSTEMD_UNIT": "kubelet.service", "_HOSTNAME": "node-1",
+        "__REALTIME_TIMESTAMP": "1796374803000000", "MESSAGE": PULL});
+    let output = run(&[], format!("{record}\n").as_bytes());
+    lines(&output.stdout).remove(0)["kubetag"].clone()
+}
+
+fn send(address: &str, records: &[Value]) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    for record in records {
+        writeln!(stream, "{record}").unwrap();
+    }
+}
+
+#[test]
+fn fluent_bit_records_are_tagged_like_journalctls() {
+    let want = journald_tag();
+    let (child, address, out, dir) = listen("[tag]\nshape = \"fluent-bit\"\n");
+    // Fluent Bit's tcp output, json_lines: its systemd input as is, with Lowercase On, and
+    // with Strip_Underscores On; the time key is `date`, epoch seconds.
+    let records = [
+        json!({"date": 1796374803.0, "_SYSTEMD_UNIT": "kubelet.service", "_HOSTNAME": "node-1", "MESSAGE": PULL}),
+        json!({"date": 1796374803.0, "_systemd_unit": "kubelet.service", "_hostname": "node-1", "message": PULL}),
+        json!({"date": 1796374803.0, "SYSTEMD_UNIT": "kubelet.service", "HOSTNAME": "node-1", "MESSAGE": PULL}),
+    ];
+    send(&address, &records);
+    for record in &records {
+        let got = next(&out);
+        for key in ["category", "rule", "component", "attributes", "timestamp"] {
+            assert_eq!(got["kubetag"][key], want[key], "{key} of {record}");
+        }
+        let mut original = got.clone();
+        original.as_object_mut().unwrap().remove("kubetag");
+        assert_eq!(&original, record, "forwarded in its own shape");
+    }
+    stop(child, &dir);
+}
+
+#[test]
+fn vector_records_are_tagged_like_journalctls() {
+    let want = journald_tag();
+    let (child, address, out, dir) = listen("[tag]\nshape = \"vector\"\n");
+    // Vector's journald source through its socket sink: message, host, timestamp, and the
+    // journald fields beside them.
+    let record = json!({"message": PULL, "host": "node-1", "timestamp": "2026-12-04T09:00:03Z",
+        "source_type": "journald", "_SYSTEMD_UNIT": "kubelet.service", "PRIORITY": "3"});
+    send(&address, std::slice::from_ref(&record));
+    let got = next(&out);
+    for key in ["category", "rule", "component", "attributes", "timestamp"] {
+        assert_eq!(got["kubetag"][key], want[key], "{key}");
+    }
+    stop(child, &dir);
+}
+
+#[test]
+fn a_long_line_is_skipped_and_the_connection_goes_on() {
+    let (child, address, out, dir) = listen("[limits]\nmax_line_bytes = 65536\n");
+    let mut stream = TcpStream::connect(&address).unwrap();
+    let long = format!("{{\"MESSAGE\":\"{}\"}}\n", "z".repeat(1 << 20));
+    stream.write_all(long.as_bytes()).unwrap();
+    writeln!(stream, "{}", json!({"MESSAGE": PULL})).unwrap();
+    assert_eq!(next(&out)["kubetag"]["category"], "image_pull");
+    drop(stream);
+    let stats = stop(child, &dir);
+    assert_eq!(stats["malformed_by_reason"]["too_long"], 1);
+}
+
+#[test]
+fn idle_peers_are_disconnected_and_connections_capped() {
+    // Keys right after the source's address belong to its table.
+    let (child, address, out, dir) = listen("idle_timeout_secs = 1\nmax_connections = 1\n");
+    let mut idle = TcpStream::connect(&address).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // A second peer waits in the backlog while the first holds the only slot.
+    let mut waiting = TcpStream::connect(&address).unwrap();
+    writeln!(waiting, "{}", json!({"MESSAGE": PULL})).unwrap();
+    // The idle peer is closed by kubetag: its read ends instead of timing out.
+    let n = idle.read(&mut [0u8; 16]).expect("closed by kubetag, not timed out");
+    assert_eq!(n, 0);
+    assert_eq!(next(&out)["kubetag"]["category"], "image_pull", "the waiting peer is served");
+    drop(waiting);
+    stop(child, &dir);
+}
