@@ -5,7 +5,7 @@
 //! Text fields are `NAME=value` lines; a binary field is its name on a line, a 64-bit
 //! little-endian length, the bytes and a newline; a blank line ends an entry.
 
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, BufReader, Read};
 
 /// One entry's fields, in the order the journal gave them.
 #[derive(Debug, Default)]
@@ -44,14 +44,16 @@ pub(crate) enum ExportError {
     Format(&'static str),
 }
 
+impl<R: Read> ExportReader<BufReader<R>> {
+    /// Whether nothing read is left in the buffer, so the next entry may have to wait.
+    pub(crate) fn drained(&self) -> bool {
+        self.input.buffer().is_empty()
+    }
+}
+
 impl<R: BufRead> ExportReader<R> {
     pub(crate) fn new(input: R, max_entry_bytes: usize) -> Self {
         ExportReader { input, max_entry_bytes, line: Vec::new() }
-    }
-
-    /// Whether the next read would have to wait for more input.
-    pub(crate) fn drained(&mut self) -> bool {
-        self.input.fill_buf().map_or(true, |b| b.is_empty())
     }
 
     /// Reads the next entry into `entry`. Returns false at the end of the stream (an entry
@@ -136,8 +138,6 @@ impl<R: BufRead> ExportReader<R> {
         entry.fields.push((name, value));
     }
 }
-
-use std::io::Read as _;
 
 /// Writes `entry` as journalctl's JSON: a value is a string when it is printable UTF-8, else
 /// an array of its bytes; a field that occurs several times becomes an array of its values,
