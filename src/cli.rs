@@ -272,7 +272,7 @@ fn check(args: ConfigArgs) -> Result<(), Failure> {
             rules_dir = rules_dir.or(settings.rules_dir);
         }
         Ok(Err(e)) => problems.push(e.to_string()),
-        Err(e) => problems.push(e.to_string()),
+        Err(_) => problems.extend(PipelineConfig::problems(args.config.as_deref())),
     }
     match RuleSet::load(rules_dir.as_deref()) {
         Ok(rules) => {

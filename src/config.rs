@@ -93,28 +93,86 @@ impl PipelineConfig {
     /// Reads `file` (if given) and the `KUBETAG_*` environment, e.g.
     /// `KUBETAG_TAG__UNMATCHED=pass` for `[tag] unmatched`.
     pub fn load(file: Option<&Path>) -> Result<PipelineConfig, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(file) = file {
-            let source = config::File::from(file).format(config::FileFormat::Toml).required(true);
-            builder = builder.add_source(source);
-        }
-        // Only KUBETAG_<TABLE>__<KEY> names are configuration: Kubernetes itself sets
-        // KUBETAG_PORT and the like in pods next to a Service named kubetag.
-        let vars: std::collections::HashMap<String, String> = std::env::vars()
-            .filter(|(name, _)| name.strip_prefix("KUBETAG_").is_some_and(|key| key.contains("__")))
-            .collect();
-        let env = config::Environment::with_prefix("KUBETAG")
-            .prefix_separator("_")
-            .separator("__")
-            .try_parsing(true)
-            .source(Some(vars));
-        let error = |e: config::ConfigError| ConfigError::File {
-            path: file.map_or_else(|| "environment".into(), |f| f.display().to_string()),
-            message: e.to_string(),
-        };
-        let merged = builder.add_source(env).build().map_err(error)?;
-        merged.try_deserialize().map_err(error)
+        let merged = merge(file)?;
+        merged.try_deserialize().map_err(|e| file_error(file, e))
     }
+
+    /// Every problem of the file and environment, table by table, not only the first.
+    pub fn problems(file: Option<&Path>) -> Vec<String> {
+        let merged = match merge(file) {
+            Ok(merged) => merged,
+            Err(e) => return vec![e.to_string()],
+        };
+        if merged.clone().try_deserialize::<PipelineConfig>().is_ok() {
+            return Vec::new();
+        }
+        let place = file.map_or_else(|| "environment".into(), |f| f.display().to_string());
+        let tables: BTreeMap<String, config::Value> = match merged.try_deserialize() {
+            Ok(tables) => tables,
+            Err(e) => return vec![format!("config {place}: {e}")],
+        };
+        let mut problems = Vec::new();
+        for (name, value) in tables {
+            let problem = match name.as_str() {
+                "rules" => check::<RulesConfig>(value),
+                "tag" => check::<TagConfig>(value),
+                "limits" => check::<LimitsConfig>(value),
+                "run" => check::<RunConfig>(value),
+                "dead_letter" => check::<DeadLetterConfig>(value),
+                "sources" => entries::<SourceConfig>(value, &name),
+                "sinks" => entries::<SinkConfig>(value, &name),
+                _ => Some("unknown table".into()),
+            };
+            if let Some(problem) = problem {
+                problems.push(format!("config {place}: [{name}] {problem}"));
+            }
+        }
+        problems
+    }
+}
+
+fn check<T: serde::de::DeserializeOwned>(value: config::Value) -> Option<String> {
+    value.try_deserialize::<T>().err().map(|e| e.to_string())
+}
+
+/// The named tables of `[sources]` or `[sinks]`, each checked on its own.
+fn entries<T: serde::de::DeserializeOwned>(value: config::Value, kind: &str) -> Option<String> {
+    let tables: BTreeMap<String, config::Value> = match value.try_deserialize() {
+        Ok(tables) => tables,
+        Err(e) => return Some(e.to_string()),
+    };
+    let problems: Vec<String> = tables
+        .into_iter()
+        .filter_map(|(name, table)| check::<T>(table).map(|e| format!("{kind}.{name}: {e}")))
+        .collect();
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+fn file_error(file: Option<&Path>, e: config::ConfigError) -> ConfigError {
+    ConfigError::File {
+        path: file.map_or_else(|| "environment".into(), |f| f.display().to_string()),
+        message: e.to_string(),
+    }
+}
+
+/// The file (if any) and the environment, merged.
+fn merge(file: Option<&Path>) -> Result<config::Config, ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(file) = file {
+        let source = config::File::from(file).format(config::FileFormat::Toml).required(true);
+        builder = builder.add_source(source);
+    }
+    // Only KUBETAG_<TABLE>__<KEY> names are configuration: Kubernetes itself sets
+    // KUBETAG_PORT and the like in pods next to a Service named kubetag.
+    let vars: std::collections::HashMap<String, String> = std::env::vars()
+        .filter(|(name, _)| name.strip_prefix("KUBETAG_").is_some_and(|key| key.contains("__")))
+        .collect();
+    let env = config::Environment::with_prefix("KUBETAG")
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true)
+        .source(Some(vars));
+    builder.add_source(env).build().map_err(|e| file_error(file, e))
 }
 
 /// Everything a run needs, resolved from the config and the flags.
@@ -198,6 +256,20 @@ mod tests {
         let shipped = Settings::from_config(config).unwrap();
         let defaults = Settings::from_config(PipelineConfig::default()).unwrap();
         assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn every_table_with_a_problem_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        let text = "[limits]\nmax_line_byte = 5\n[tag]\nunmatched = \"maybe\"\n\
+                    [sinks.a]\ntype = \"carrier-pigeon\"\n[sinks.b]\ntype = \"stdout\"\n";
+        std::fs::write(&path, text).unwrap();
+        let problems = PipelineConfig::problems(Some(&path));
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(problems[0].contains("[limits]") && problems[0].contains("max_line_byte"));
+        assert!(problems[1].contains("sinks.a") && problems[1].contains("carrier-pigeon"));
+        assert!(problems[2].contains("[tag]") && problems[2].contains("maybe"));
     }
 
     #[test]
