@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine, installing what the tests need:
-# systemd-journal-remote (to make real journal files) and journalctl.
+# systemd-journal-remote (to make real journal files), journalctl, and openssl (to make
+# the certificates of the TLS tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,7 @@ need=()
 [ -x /lib/systemd/systemd-journal-remote ] || [ -x /usr/lib/systemd/systemd-journal-remote ] \
   || need+=(systemd-journal-remote)
 command -v journalctl >/dev/null || need+=(systemd)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
