@@ -201,3 +201,43 @@ fn journalctl_that_dies_is_restarted_after_the_last_entry() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.matches("restarting").count(), 1, "{stderr}");
 }
+
+#[test]
+fn report_reads_export_format_and_the_journal_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<Entry> =
+        (1..=12).map(|n| if n % 3 == 0 { pull_error(n) } else { chatter(n) }).collect();
+    let journal = journal(dir.path(), &entries);
+    let report = |args: &[&str], input: &[u8]| {
+        let mut child = kubetag_tool()
+            .arg("report")
+            .args(["--format", "json"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        let mut value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        // Byte counts differ between the two formats; what was found must not.
+        value.as_object_mut().unwrap().remove("bytes");
+        value
+    };
+    let from_json = report(&[], &journalctl_json(&journal, &[]));
+    let export = std::process::Command::new("journalctl")
+        .arg("--file")
+        .arg(&journal)
+        .args(["-o", "export"])
+        .output()
+        .unwrap()
+        .stdout;
+    let from_export = report(&[], &export);
+    assert_eq!(from_export, from_json);
+    assert_eq!(from_json["tagged"], 4);
+    let directory = dir.path().to_str().unwrap();
+    let from_journal = report(&["--journal", "--directory", directory, "--unit", "kubelet"], b"");
+    assert_eq!(from_journal["tagged"], 4);
+}

@@ -21,6 +21,7 @@ use serde::{Serialize, Serializer};
 use crate::cli::Failure;
 use crate::config::{ConfigError, PipelineConfig, Settings};
 use crate::record::Malformed;
+use crate::source::journal::JournalConfig;
 use crate::source::SourceConfig;
 use crate::tag::category::Category;
 use crate::tag::rules::{RuleErrors, Severity};
@@ -45,6 +46,21 @@ pub struct ReportArgs {
     /// Tagging threads (default: one per core).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Read the journal itself with journalctl instead of files.
+    #[arg(long, conflicts_with = "files")]
+    journal: bool,
+    /// With --journal: units to read (repeatable; default kubelet, containerd, crio, docker).
+    #[arg(long = "unit", short = 'u', value_name = "UNIT", requires = "journal")]
+    units: Vec<String>,
+    /// With --journal: where to start, as journalctl's --since.
+    #[arg(long, value_name = "WHEN", requires = "journal")]
+    since: Option<String>,
+    /// With --journal: one boot, as journalctl's --boot.
+    #[arg(long, value_name = "BOOT", requires = "journal")]
+    boot: Option<String>,
+    /// With --journal: a journal directory instead of the system journal.
+    #[arg(long = "directory", short = 'D', value_name = "DIR", requires = "journal")]
+    directory: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -64,8 +80,6 @@ pub enum ReportError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Rules(#[from] RuleErrors),
-    #[error("bad input {input:?}: {message}")]
-    Input { input: String, message: String },
     #[error("cannot open input {input}")]
     Open {
         input: String,
@@ -101,7 +115,11 @@ fn run(args: &ReportArgs) -> Result<(), ReportError> {
     }
     let rules_dir = args.rules.as_deref().or(settings.rules_dir.as_deref());
     let rules = Arc::new(RuleSet::load(rules_dir)?);
-    let inputs = open_inputs(&args.files)?;
+    let inputs = if args.journal {
+        vec![journal_input(args, settings.max_line_bytes)?]
+    } else {
+        open_inputs(&args.files, settings.max_line_bytes)?
+    };
 
     let tagger = Arc::new(Tagger {
         rules: rules.clone(),
@@ -127,19 +145,51 @@ fn run(args: &ReportArgs) -> Result<(), ReportError> {
     write_stdout(text.as_bytes())
 }
 
-/// Every input opened before any is read, so a missing file is refused at once.
-fn open_inputs(files: &[String]) -> Result<Vec<scan::Input>, ReportError> {
+/// Every input opened before any is read, so a missing file is refused at once. Each may
+/// be journalctl's JSON lines or its export format.
+fn open_inputs(files: &[String], max_line_bytes: usize) -> Result<Vec<scan::Input>, ReportError> {
     let names: Vec<&str> =
         if files.is_empty() { vec!["-"] } else { files.iter().map(String::as_str).collect() };
     let mut inputs = Vec::new();
     for name in names {
-        let config = SourceConfig::from_url(name)
-            .map_err(|message| ReportError::Input { input: name.to_string(), message })?;
+        let config = SourceConfig::from_path(name);
         let reader =
             config.open().map_err(|source| ReportError::Open { input: config.label(), source })?;
+        let reader = either_format(reader, max_line_bytes)
+            .map_err(|source| ReportError::Open { input: config.label(), source })?;
         inputs.push(scan::Input { label: config.label(), reader });
     }
     Ok(inputs)
+}
+
+/// JSON lines as they are; the export format turned into them.
+fn either_format(
+    reader: Box<dyn io::Read + Send>,
+    max_line_bytes: usize,
+) -> io::Result<Box<dyn io::Read + Send>> {
+    let mut reader = io::BufReader::with_capacity(1 << 20, reader);
+    let head = io::BufRead::fill_buf(&mut reader)?;
+    if crate::source::export::is_export(head) {
+        Ok(Box::new(crate::source::export::JsonLines::new(reader, max_line_bytes)))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
+/// `journalctl --output=export` over the selection, to its end.
+fn journal_input(args: &ReportArgs, max_line_bytes: usize) -> Result<scan::Input, ReportError> {
+    let mut journal = JournalConfig { follow: false, ..JournalConfig::default() };
+    if !args.units.is_empty() {
+        journal.units = args.units.clone();
+    }
+    journal.since = args.since.clone();
+    journal.boot = args.boot.clone();
+    journal.directory = args.directory.clone();
+    let open = |source| ReportError::Open { input: "journal".into(), source };
+    let child = journal.spawn(None).map_err(open)?;
+    let stdout = child.stdout.expect("journalctl's stdout is piped");
+    let reader = crate::source::export::JsonLines::new(io::BufReader::new(stdout), max_line_bytes);
+    Ok(scan::Input { label: "journal".into(), reader: Box::new(reader) })
 }
 
 fn colour_wanted() -> bool {

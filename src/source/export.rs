@@ -261,3 +261,77 @@ mod tests {
         assert_eq!(entry.get(b"C"), Some(&b"3"[..]));
     }
 }
+
+/// An export stream read as the JSON lines `journalctl -o json` would print, so readers of
+/// JSON lines take either format.
+pub(crate) struct JsonLines<R> {
+    reader: ExportReader<R>,
+    entry: Entry,
+    line: Vec<u8>,
+    at: usize,
+}
+
+impl<R: BufRead> JsonLines<R> {
+    pub(crate) fn new(input: R, max_entry_bytes: usize) -> Self {
+        let reader = ExportReader::new(input, max_entry_bytes);
+        JsonLines { reader, entry: Entry::default(), line: Vec::new(), at: 0 }
+    }
+}
+
+impl<R: BufRead> Read for JsonLines<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.line.len() {
+            self.line.clear();
+            self.at = 0;
+            let more = self.reader.next(&mut self.entry).map_err(|e| match e {
+                ExportError::Io(e) => e,
+                ExportError::Format(what) => io::Error::new(io::ErrorKind::InvalidData, what),
+            })?;
+            if !more {
+                return Ok(0);
+            }
+            if self.entry.oversize {
+                // Too large to keep: an empty object stands for it and is counted malformed.
+                self.line.extend_from_slice(b"{}\n");
+            } else {
+                write_json(&self.entry, &mut self.line);
+            }
+        }
+        let n = out.len().min(self.line.len() - self.at);
+        out[..n].copy_from_slice(&self.line[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Whether a stream that starts with `head` is in the export format rather than JSON lines.
+pub(crate) fn is_export(head: &[u8]) -> bool {
+    let first = head.iter().position(|b| !b.is_ascii_whitespace()).map(|at| head[at]);
+    let name_end = head.iter().position(|&b| b == b'=' || b == b'\n');
+    first.is_some_and(|b| b == b'_' || b.is_ascii_uppercase())
+        && name_end
+            .is_some_and(|at| head[..at].iter().all(|&b| b == b'_' || b.is_ascii_alphanumeric()))
+}
+
+#[cfg(test)]
+mod json_lines_tests {
+    use super::*;
+
+    #[test]
+    fn export_reads_as_json_lines() {
+        let mut text = String::new();
+        JsonLines::new(&b"MESSAGE=a\n\nMESSAGE=b\n\n"[..], 1 << 20)
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "{\"MESSAGE\":\"a\"}\n{\"MESSAGE\":\"b\"}\n");
+    }
+
+    #[test]
+    fn formats_are_told_apart() {
+        assert!(is_export(b"__CURSOR=s=1\nMESSAGE=x\n"));
+        assert!(is_export(b"MESSAGE\n\x05\0\0\0\0\0\0\0hello\n"));
+        assert!(!is_export(b"{\"MESSAGE\":\"x\"}\n"));
+        assert!(!is_export(b"not json\n"));
+        assert!(!is_export(b""));
+    }
+}

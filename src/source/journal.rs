@@ -116,6 +116,17 @@ impl JournalConfig {
         args
     }
 
+    /// Starts journalctl over the selection, its export stream on a pipe.
+    pub(crate) fn spawn(&self, cursor: Option<&str>) -> io::Result<Child> {
+        Command::new(&self.journalctl)
+            .args(self.args(cursor))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run journalctl: {e}")))
+    }
+
     /// Checks that journalctl exists, before anything runs (without running it: it may be a
     /// wrapper with effects of its own).
     pub(crate) fn check(&self) -> io::Result<()> {
@@ -246,13 +257,7 @@ impl JournalSource {
     }
 
     fn spawn(&self, cursor: Option<&str>) -> io::Result<Child> {
-        Command::new(&self.config.journalctl)
-            .args(self.config.args(cursor))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot run journalctl: {e}")))
+        self.config.spawn(cursor)
     }
 
     /// Reads entries until journalctl's output ends or a stop is asked.

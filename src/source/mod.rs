@@ -27,11 +27,14 @@ pub enum SourceConfig {
 }
 
 impl SourceConfig {
-    /// A FILE argument: `-` is stdin, anything else a path.
+    /// A FILE argument: `-` is stdin, anything else a path (`file:` in front is allowed).
     pub fn from_path(path: &str) -> SourceConfig {
         match path {
             "-" => SourceConfig::Stdin,
-            path => SourceConfig::File { path: path.into() },
+            path => {
+                let path = path.strip_prefix("file:").map_or(path, |p| p.trim_start_matches("//"));
+                SourceConfig::File { path: path.into() }
+            }
         }
     }
 
