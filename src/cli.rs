@@ -84,7 +84,7 @@ enum RulesCommand {
         #[arg(long = "cases", value_name = "FILE")]
         cases: Vec<PathBuf>,
     },
-    /// Report weak rules: no examples, short or shadowed patterns.
+    /// Report weak rules: no examples, short or shadowed patterns, keys out of order.
     Lint { dir: Option<PathBuf> },
 }
 
@@ -324,7 +324,12 @@ fn rules(command: RulesCommand) -> Result<(), Failure> {
         }
         RulesCommand::Lint { dir } => {
             let rules = load_rules(dir.as_deref())?;
-            let problems = rules_tool::lint(&rules);
+            let sources = match &dir {
+                Some(dir) => crate::tag::rules::dir_sources(dir).map_err(usage)?,
+                None => crate::tag::rules::shipped_sources(),
+            };
+            let mut problems = rules_tool::lint(&rules);
+            problems.extend(rules_tool::lint_format(&sources));
             for problem in &problems {
                 println!("{problem}");
             }

@@ -159,6 +159,54 @@ pub fn lint(rules: &RuleSet) -> Vec<String> {
     problems
 }
 
+/// The keys of a rule in their canonical order, as rules/README.md shows them.
+const KEY_ORDER: [&str; 14] = [
+    "id",
+    "category",
+    "severity",
+    "components",
+    "priority",
+    "patterns",
+    "require",
+    "veto",
+    "extract",
+    "summary",
+    "cause",
+    "remediation",
+    "examples",
+    "near_misses",
+];
+
+/// Layout problems: a file without its opening comment, rule keys out of canonical order.
+pub fn lint_format(sources: &[(String, String)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (file, text) in sources {
+        if !text.trim_start().starts_with('#') {
+            problems
+                .push(format!("{file}: should open with a comment saying what the family covers"));
+        }
+        let mut rule = String::new();
+        let mut last = 0;
+        for (n, line) in text.lines().enumerate() {
+            if line.trim() == "[[rule]]" {
+                (rule, last) = (format!("rule at line {}", n + 1), 0);
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else { continue };
+            let key = key.trim();
+            let Some(place) = KEY_ORDER.iter().position(|k| *k == key) else { continue };
+            if key == "id" {
+                rule = value.trim().trim_matches('"').to_string();
+            }
+            if place < last {
+                problems.push(format!("{file}:{}: {rule}: key {key} is out of order", n + 1));
+            }
+            last = place;
+        }
+    }
+    problems
+}
+
 /// The knowledge behind a category or a rule, for a terminal.
 pub fn explain(rules: &RuleSet, name: &str) -> Option<String> {
     let mut text = String::new();
@@ -217,4 +265,26 @@ fn wrap(text: &str) -> String {
         width += word.len();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_lint_finds_the_missing_comment_and_keys_out_of_order() {
+        let text = "[[rule]]\nid = \"a.b\"\nseverity = \"error\"\ncategory = \"oom\"\n";
+        let problems = lint_format(&[("a.toml".into(), text.into())]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("comment"));
+        assert_eq!(problems[1], "a.toml:4: a.b: key category is out of order");
+        let good = format!(
+            "# family\n{}",
+            text.replace(
+                "severity = \"error\"\ncategory = \"oom\"",
+                "category = \"oom\"\nseverity = \"error\""
+            )
+        );
+        assert!(lint_format(&[("a.toml".into(), good)]).is_empty());
+    }
 }

@@ -154,12 +154,12 @@ impl fmt::Display for RuleErrors {
 }
 
 /// The shipped rule files, as `(file name, text)`.
-pub(crate) fn shipped_sources() -> Vec<(String, String)> {
+pub fn shipped_sources() -> Vec<(String, String)> {
     SHIPPED_RULES.iter().map(|(name, text)| (name.to_string(), text.to_string())).collect()
 }
 
 /// The `*.toml` files of `dir`, sorted by name.
-pub(crate) fn dir_sources(dir: &Path) -> Result<Vec<(String, String)>, RuleErrors> {
+pub fn dir_sources(dir: &Path) -> Result<Vec<(String, String)>, RuleErrors> {
     let fail = |message: String| {
         RuleErrors(vec![RuleError {
             file: dir.display().to_string(),
