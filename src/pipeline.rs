@@ -18,7 +18,7 @@ use crate::dead_letter::{DeadLetter, Reject};
 use crate::record::Malformed;
 use crate::sink::{Batch, Output, Sink};
 use crate::source::journal::{Checkpoint, JournalSource};
-use crate::source::lines::{Frame, Framer, KEPT_PREFIX_BYTES};
+use crate::source::lines::{lines, Frame, Framer, KEPT_PREFIX_BYTES};
 use crate::source::tcp::TcpSource;
 use crate::source::SourceConfig;
 use crate::stats::Counts;
@@ -268,17 +268,9 @@ fn process(worker: &mut Worker, frame: Frame, max_line_bytes: usize) -> Done {
             done.lines += 1;
         }
         Frame::Lines(bytes) => {
-            let mut start = 0;
-            while start < bytes.len() {
-                let end =
-                    memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |at| start + at);
-                done.counts.bytes += (end - start) as u64 + u64::from(end < bytes.len());
-                let line = match &bytes[start..end] {
-                    [body @ .., b'\r'] => start..start + body.len(),
-                    _ => start..end,
-                };
+            for (line, taken) in lines(&bytes) {
+                done.counts.bytes += taken;
                 one_line(worker, &bytes, line, max_line_bytes, &mut done);
-                start = end + 1;
             }
         }
     }

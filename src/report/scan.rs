@@ -185,16 +185,9 @@ impl Lines {
             }
             Frame::Lines(bytes) => bytes,
         };
-        let mut start = 0;
-        while start < bytes.len() {
-            let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |at| start + at);
-            found.bytes += (end - start) as u64 + u64::from(end < bytes.len());
-            let line = match &bytes[start..end] {
-                [body @ .., b'\r'] => body,
-                line => line,
-            };
-            self.line(line, &mut found);
-            start = end + 1;
+        for (line, taken) in crate::source::lines::lines(&bytes) {
+            found.bytes += taken;
+            self.line(&bytes[line], &mut found);
         }
         found
     }

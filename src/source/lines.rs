@@ -17,6 +17,25 @@ pub(crate) enum Frame {
     Oversize { prefix: Bytes, len: u64 },
 }
 
+/// The lines of a frame's bytes: for each, its range without the newline (or a CR before
+/// it) and the bytes it took in the stream, newline included. The last line may lack one.
+pub(crate) fn lines(bytes: &[u8]) -> impl Iterator<Item = (std::ops::Range<usize>, u64)> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= bytes.len() {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |at| start + at);
+        let taken = (end - start) as u64 + u64::from(end < bytes.len());
+        let line = match &bytes[start..end] {
+            [body @ .., b'\r'] => start..start + body.len(),
+            _ => start..end,
+        };
+        start = end + 1;
+        Some((line, taken))
+    })
+}
+
 /// Cuts frames from the reads of one stream.
 pub(crate) struct Framer {
     buf: BytesMut,
@@ -112,6 +131,12 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn lines_drop_newlines_and_a_cr_before_them() {
+        let got: Vec<_> = lines(b"a\r\nbc\n\nd").collect();
+        assert_eq!(got, [(0..1, 3), (3..5, 3), (6..6, 1), (7..8, 1)]);
     }
 
     #[test]
