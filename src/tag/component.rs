@@ -13,6 +13,8 @@ impl Agents {
     pub(crate) const CRIO: Agents = Agents(4);
     pub(crate) const DOCKER: Agents = Agents(8);
     pub(crate) const KERNEL: Agents = Agents(16);
+    /// A unit kubetag does not know: only rules that name no component apply to it.
+    pub(crate) const OTHER: Agents = Agents(32);
     pub(crate) const ANY: Agents = Agents(u8::MAX);
     pub(crate) const NONE: Agents = Agents(0);
 
@@ -63,7 +65,8 @@ const KNOWN: &[(&str, &str, Agents)] = &[
 ];
 
 /// The component of a record from its unit, program or command name. A name kubetag does
-/// not know keeps its own spelling and is checked against every rule.
+/// not know keeps its own spelling and is checked against the rules that name no component;
+/// a record that names none at all is checked against every rule.
 pub(crate) fn classify(unit: Option<&str>) -> Component {
     let Some(unit) = unit.filter(|u| !u.is_empty()) else {
         return Component { name: "unknown".into(), agents: Agents::ANY };
@@ -75,7 +78,7 @@ pub(crate) fn classify(unit: Option<&str>) -> Component {
         }
     }
     let stem = lower.strip_suffix(".service").unwrap_or(&lower);
-    Component { name: stem.to_string(), agents: Agents::ANY }
+    Component { name: stem.to_string(), agents: Agents::OTHER }
 }
 
 #[cfg(test)]
@@ -97,7 +100,7 @@ mod tests {
             ("rke2-server.service", "rke2", Agents(3)),
             ("snap.microk8s.daemon-kubelite.service", "microk8s", Agents(3)),
             ("kernel", "kernel", Agents::KERNEL),
-            ("sshd.service", "sshd", Agents::ANY),
+            ("sshd.service", "sshd", Agents::OTHER),
         ];
         for (unit, name, agents) in cases {
             let c = classify(Some(unit));
