@@ -1,6 +1,10 @@
 //! Sinks: where tagged records go. Each runs on its own thread behind a bounded queue, so
 //! a slow sink pushes back on the pipeline instead of growing memory.
 
+pub(crate) mod http;
+mod retry;
+pub(crate) mod tcp;
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
@@ -19,16 +23,29 @@ pub enum SinkConfig {
     Stdout,
     /// JSON lines appended to a file.
     File { path: PathBuf },
+    /// JSON lines over TCP, reconnecting when the peer is down.
+    Tcp(tcp::TcpConfig),
+    /// JSON lines POSTed over HTTP, combined into requests and retried.
+    Http(http::HttpConfig),
 }
 
 impl SinkConfig {
-    /// Parses an `--output` value: `-` or `stdout`, `file:PATH`, or a plain path.
+    /// Parses an `--output` value: `-` or `stdout`, `file:PATH`, `tcp://HOST:PORT`,
+    /// `http://...` or `https://...`, or a plain path.
     pub fn from_url(url: &str) -> Result<SinkConfig, String> {
         if url == "-" || url == "stdout" {
             return Ok(SinkConfig::Stdout);
         }
         if let Some(path) = url.strip_prefix("file:") {
             return Ok(SinkConfig::File { path: path.trim_start_matches("//").into() });
+        }
+        if let Some(address) = url.strip_prefix("tcp://") {
+            let address = tcp::Address::try_from(address.trim_end_matches('/').to_string())?;
+            return Ok(SinkConfig::Tcp(tcp::TcpConfig::new(address)));
+        }
+        if url.starts_with("http://") || url.starts_with("https://") {
+            let url = http::Endpoint::try_from(url.to_string())?;
+            return Ok(SinkConfig::Http(http::HttpConfig::new(url)));
         }
         if let Some((scheme, _)) = url.split_once("://") {
             return Err(format!("output scheme {scheme}:// is not supported by this build"));
@@ -40,13 +57,31 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout => "stdout".into(),
             SinkConfig::File { path } => path.display().to_string(),
+            SinkConfig::Tcp(tcp) => format!("tcp://{}", tcp.address),
+            SinkConfig::Http(http) => http.url.label(),
         }
     }
 
-    fn open(&self) -> io::Result<Box<dyn Write + Send>> {
+    /// What the sink's thread runs: file-like sinks get their writer opened here, so a
+    /// path that cannot be opened stops the run before it starts.
+    fn runner(&self, batches: flume::Receiver<Batch>) -> io::Result<Runner> {
         Ok(match self {
-            SinkConfig::Stdout => Box::new(io::stdout()),
-            SinkConfig::File { path } => Box::new(append(path)?),
+            SinkConfig::Stdout => {
+                let writer = Box::new(io::stdout());
+                Box::new(move || write_batches(batches, writer))
+            }
+            SinkConfig::File { path } => {
+                let writer = Box::new(append(path)?);
+                Box::new(move || write_batches(batches, writer))
+            }
+            SinkConfig::Tcp(config) => {
+                let (config, label) = (config.clone(), self.label());
+                Box::new(move || tcp::run(config, label, batches))
+            }
+            SinkConfig::Http(config) => {
+                let client = http::Client::new(config);
+                Box::new(move || http::run(client, batches))
+            }
         })
     }
 }
@@ -73,6 +108,9 @@ impl Output {
 
 pub(crate) type Batch = Arc<Output>;
 
+/// A sink's body, run on its own thread until its queue closes.
+type Runner = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
 /// A running sink: its queue and its thread.
 pub(crate) struct Sink {
     pub(crate) label: String,
@@ -87,14 +125,12 @@ const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
 impl Sink {
     pub(crate) fn start(config: &SinkConfig, queue_batches: usize) -> io::Result<Sink> {
-        let writer = config
-            .open()
-            .map_err(|e| io::Error::new(e.kind(), format!("output {}: {e}", config.label())))?;
         let (queue, batches) = flume::bounded::<Batch>(queue_batches);
         let label = config.label();
-        let thread = std::thread::Builder::new()
-            .name(format!("sink {label}"))
-            .spawn(move || write_batches(batches, writer))?;
+        let runner = config
+            .runner(batches)
+            .map_err(|e| io::Error::new(e.kind(), format!("output {label}: {e}")))?;
+        let thread = std::thread::Builder::new().name(format!("sink {label}")).spawn(runner)?;
         Ok(Sink { label, queue, thread, is_stdout: *config == SinkConfig::Stdout })
     }
 }
