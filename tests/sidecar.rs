@@ -152,3 +152,62 @@ fn idle_peers_are_disconnected_and_connections_capped() {
     drop(waiting);
     stop(child, &dir);
 }
+
+#[test]
+fn tls_peers_are_served_and_plain_ones_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kubetag",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let extra = format!(
+        "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let (child, address, out, dir) = listen(&extra);
+
+    // A plain peer gets nothing through.
+    let mut plain = TcpStream::connect(&address).unwrap();
+    writeln!(plain, "{}", json!({"MESSAGE": PULL})).unwrap();
+    drop(plain);
+
+    // A TLS peer that trusts the certificate is served.
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(&cert).unwrap()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, TcpStream::connect(&address).unwrap());
+    writeln!(tls, "{}", json!({"MESSAGE": PULL})).unwrap();
+    tls.flush().unwrap();
+    assert_eq!(next(&out)["kubetag"]["category"], "image_pull");
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    drop(tls);
+    let stats = stop(child, &dir);
+    assert_eq!(stats["tagged"], 1, "only the TLS peer's record: {stats}");
+}

@@ -1,9 +1,11 @@
 //! The TCP source: newline-delimited JSON from log shippers (Fluent Bit's `tcp` output with
 //! `Format json_lines`, Vector's `socket` sink with newline framing). Loopback by default,
-//! a cap on connections taken before accepting, line length bounded, idle peers dropped.
+//! a cap on connections taken before accepting, line length bounded, idle peers dropped,
+//! TLS when given a certificate and key.
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,9 @@ pub struct TcpConfig {
     /// A peer that sends nothing for this long is disconnected.
     #[serde(default = "default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
+    /// PEM certificate chain and private key: with both, peers must speak TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for TcpConfig {
@@ -45,6 +50,8 @@ impl Default for TcpConfig {
             address: default_address(),
             max_connections: default_max_connections(),
             idle_timeout_secs: default_idle_timeout_secs(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -56,6 +63,33 @@ const POLL: Duration = Duration::from_millis(50);
 pub(crate) struct TcpSource {
     listener: TcpListener,
     config: TcpConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The TLS server configuration from the certificate and key files.
+fn tls_config(config: &TcpConfig) -> io::Result<Option<Arc<rustls::ServerConfig>>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = match (&config.tls_cert_file, &config.tls_key_file) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => return Err(bad("tls_cert_file and tls_key_file go together".into())),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| bad(format!("{}: {e}", cert.display())))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| bad(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| bad(format!("TLS: {e}")))?;
+    Ok(Some(Arc::new(server)))
+}
+
+fn bad(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
 }
 
 impl TcpSource {
@@ -64,8 +98,9 @@ impl TcpSource {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.address))
         })?;
         listener.set_nonblocking(true)?;
-        tracing::info!(address = %listener.local_addr()?, "listening");
-        Ok(TcpSource { listener, config: config.clone() })
+        let tls = tls_config(config)?;
+        tracing::info!(address = %listener.local_addr()?, tls = tls.is_some(), "listening");
+        Ok(TcpSource { listener, config: config.clone(), tls })
     }
 
     /// Accepts peers until a stop, each read on a thread of its own.
@@ -92,10 +127,12 @@ impl TcpSource {
             };
             open.fetch_add(1, Ordering::SeqCst);
             let guard = Connection(open.clone());
+            let peer =
+                Peer { stream, address: peer, tls: self.tls.clone(), idle, limits, _open: guard };
             let (feed, stop) = (feed.clone(), stop.clone());
             let spawned = std::thread::Builder::new()
                 .name("tcp peer".into())
-                .spawn(move || serve(stream, peer, idle, feed, stop, limits, guard));
+                .spawn(move || serve(peer, feed, stop));
             if let Err(e) = spawned {
                 tracing::warn!(error = %e, "cannot start a connection thread");
             }
@@ -113,32 +150,47 @@ impl Drop for Connection {
     }
 }
 
-fn serve(
+/// One accepted connection and how to read it.
+struct Peer {
     stream: TcpStream,
-    peer: SocketAddr,
+    address: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     idle: Duration,
-    feed: Feed,
-    stop: Stop,
-    (max_line_bytes, read_bytes): (usize, usize),
+    /// Maximum line bytes and read size.
+    limits: (usize, usize),
     _open: Connection,
-) {
+}
+
+fn serve(peer_conn: Peer, feed: Feed, stop: Stop) {
+    let Peer { stream, address: peer, tls, idle, limits: (max_line_bytes, read_bytes), _open } =
+        peer_conn;
     tracing::debug!(%peer, "peer connected");
     if let Err(e) = stream.set_nonblocking(false).and_then(|()| stream.set_read_timeout(Some(idle)))
     {
         tracing::warn!(error = %e, "configuring a connection");
         return;
     }
+    let mut input: Box<dyn Read> = match tls {
+        None => Box::new(stream),
+        Some(config) => match rustls::ServerConnection::new(config) {
+            Ok(connection) => Box::new(rustls::StreamOwned::new(connection, stream)),
+            Err(e) => {
+                tracing::warn!(error = %e, "starting TLS");
+                return;
+            }
+        },
+    };
     let mut framer = Framer::new(max_line_bytes, read_bytes);
     let mut frames = Vec::new();
-    let mut input: &TcpStream = &stream;
     loop {
-        let n = match framer.read(&mut input as &mut dyn Read, &mut frames) {
+        let n = match framer.read(&mut *input, &mut frames) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 tracing::debug!(%peer, "idle peer disconnected");
                 0
             }
             Err(e) => {
+                // A TLS peer that is not one, or a reset: the connection ends, nothing else.
                 tracing::debug!(%peer, error = %e, "peer connection failed");
                 0
             }
