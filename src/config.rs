@@ -66,12 +66,20 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
     /// Tagging threads; 0 means one per core.
     pub threads: usize,
     pub stats_file: Option<PathBuf>,
+    /// After SIGTERM/SIGINT, how long a sink that takes nothing is waited for.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig { threads: 0, stats_file: None, shutdown_timeout_secs: 10 }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +199,7 @@ pub struct Settings {
     pub stats_file: Option<PathBuf>,
     /// How often sources with checkpoints save them, when anything was delivered.
     pub checkpoint_interval: std::time::Duration,
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl Settings {
@@ -241,6 +250,7 @@ impl Settings {
             dead_letter: config.dead_letter.path,
             stats_file: config.run.stats_file,
             checkpoint_interval: std::time::Duration::from_millis(checkpoint_ms.max(10)),
+            shutdown_timeout: std::time::Duration::from_secs(config.run.shutdown_timeout_secs),
         })
     }
 }

@@ -120,7 +120,8 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
     drop((jobs, pending));
     let timer = CheckpointTimer::start(&checkpoints, settings.checkpoint_interval)?;
 
-    let mut collector = Collector::new(labels, sinks, dead_letter);
+    let mut collector =
+        Collector::new(labels, sinks, dead_letter, stop.clone(), settings.shutdown_timeout);
     collector.collect(&pending_queue, &stop);
     drop(pending_queue);
     if stop.requested() {
@@ -319,6 +320,12 @@ fn reject(done: &mut Done, reason: Malformed, raw: Bytes, len: u64) {
     done.rejects.push(Reject { offset: done.lines, reason, raw, len });
 }
 
+/// Whether a sink took a batch.
+enum Offer {
+    Taken,
+    Gone,
+}
+
 /// Puts results back in order and hands them on.
 struct Collector {
     labels: Vec<String>,
@@ -330,14 +337,36 @@ struct Collector {
     counts: Counts,
     failures: Vec<String>,
     logged: RateLimit,
+    stop: Stop,
+    shutdown_timeout: Duration,
+    /// When this collector first saw the stop.
+    stopping_since: Option<Instant>,
 }
 
 impl Collector {
-    fn new(labels: Vec<String>, sinks: Vec<Sink>, dead_letter: Option<DeadLetter>) -> Collector {
+    fn new(
+        labels: Vec<String>,
+        sinks: Vec<Sink>,
+        dead_letter: Option<DeadLetter>,
+        stop: Stop,
+        shutdown_timeout: Duration,
+    ) -> Collector {
         let lines = vec![0; labels.len()];
         let (counts, failures, logged) = (Counts::default(), Vec::new(), RateLimit::new());
-        let dead_sinks = Vec::new();
-        Collector { labels, lines, sinks, dead_sinks, dead_letter, counts, failures, logged }
+        let (dead_sinks, stopping_since) = (Vec::new(), None);
+        Collector {
+            labels,
+            lines,
+            sinks,
+            dead_sinks,
+            dead_letter,
+            counts,
+            failures,
+            logged,
+            stop,
+            shutdown_timeout,
+            stopping_since,
+        }
     }
 
     fn collect(&mut self, queue: &flume::Receiver<Pending>, stop: &Stop) {
@@ -377,15 +406,44 @@ impl Collector {
             return true;
         }
         let batch: Batch = Arc::new(Output { bytes: done.out, ack: done.ack });
-        let (live, dead): (Vec<Sink>, Vec<Sink>) = std::mem::take(&mut self.sinks)
-            .into_iter()
-            .partition(|sink| sink.queue.send(batch.clone()).is_ok());
-        if !dead.is_empty() {
-            batch.fail();
+        let sinks = std::mem::take(&mut self.sinks);
+        for sink in sinks {
+            match self.offer(&sink, &batch) {
+                Offer::Taken => self.sinks.push(sink),
+                Offer::Gone => {
+                    batch.fail();
+                    self.dead_sinks.push(sink);
+                }
+            }
         }
-        self.sinks = live;
-        self.dead_sinks.extend(dead);
         !self.sinks.is_empty()
+    }
+
+    /// Queues a batch for one sink, waiting while its queue is full. Once a stop is asked,
+    /// a sink that stays full past the shutdown timeout is given up: the batch is marked
+    /// undelivered and the sink takes nothing more.
+    fn offer(&mut self, sink: &Sink, batch: &Batch) -> Offer {
+        let mut batch = batch.clone();
+        loop {
+            match sink.queue.send_timeout(batch, Duration::from_millis(100)) {
+                Ok(()) => return Offer::Taken,
+                Err(flume::SendTimeoutError::Disconnected(_)) => return Offer::Gone,
+                Err(flume::SendTimeoutError::Timeout(back)) => batch = back,
+            }
+            if self.past_shutdown_deadline() {
+                self.failures
+                    .push(format!("sink {}: still full at the shutdown timeout", sink.label));
+                return Offer::Gone;
+            }
+        }
+    }
+
+    fn past_shutdown_deadline(&mut self) -> bool {
+        if !self.stop.requested() {
+            return false;
+        }
+        let since = *self.stopping_since.get_or_insert_with(Instant::now);
+        since.elapsed() >= self.shutdown_timeout
     }
 
     fn dead_letter(&mut self, source: usize, line: u64, reject: &Reject) {
@@ -409,15 +467,24 @@ impl Collector {
                 self.failures.push(format!("writing the dead-letter file: {e}"));
             }
         }
+        // Close every queue first, so the sinks drain at the same time.
         let sinks: Vec<Sink> = self.sinks.drain(..).chain(self.dead_sinks.drain(..)).collect();
-        for sink in sinks {
-            drop(sink.queue);
-            match sink.thread.join() {
+        let threads: Vec<_> = sinks
+            .into_iter()
+            .map(|sink| {
+                drop(sink.queue);
+                (sink.label, sink.is_stdout, sink.thread)
+            })
+            .collect();
+        for (label, is_stdout, thread) in threads {
+            match thread.join() {
                 Ok(Ok(())) => {}
                 // A closed stdout (`| head`) ends the run quietly.
-                Ok(Err(e)) if sink.is_stdout && e.kind() == io::ErrorKind::BrokenPipe => {}
-                Ok(Err(e)) => self.failures.push(format!("sink {}: {e}", sink.label)),
-                Err(_) => self.failures.push(format!("sink {} stopped", sink.label)),
+                Ok(Err(e)) if is_stdout && e.kind() == io::ErrorKind::BrokenPipe => {}
+                // Network sinks name themselves in their errors.
+                Ok(Err(e)) if e.to_string().contains(&label) => self.failures.push(e.to_string()),
+                Ok(Err(e)) => self.failures.push(format!("sink {label}: {e}")),
+                Err(_) => self.failures.push(format!("sink {label} stopped")),
             }
         }
         Finished { counts: self.counts, failures: self.failures }

@@ -181,11 +181,17 @@ fn journalctl_that_dies_is_restarted_after_the_last_entry() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stdout).lines().take(20).map(|l| l.unwrap()).collect::<Vec<_>>()
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
     });
-    let got = reader.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got: Vec<String> = (0..20)
+        .map_while(|_| lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok())
+        .collect();
     child.kill().unwrap();
     let output = child.wait_with_output().unwrap();
     let images: Vec<String> = got

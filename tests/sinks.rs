@@ -484,3 +484,32 @@ fn bad_sink_addresses_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("greater than 0"));
 }
+
+#[test]
+fn sigterm_with_a_sink_down_gives_up_after_the_shutdown_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n[limits]\nqueue_batches = 1\n")
+        .unwrap();
+    let sink = format!("tcp://127.0.0.1:{}", free_port());
+    let mut kubetag = Kubetag::start(&["--config", config.to_str().unwrap(), "--output", &sink]);
+    // Enough for the sink's queue to fill while its peer is down; the writes block once
+    // kubetag pushes back, so they go on beside the test.
+    let mut stdin = kubetag.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        for chunk in 0..20 {
+            let text: String = (chunk * 500..(chunk + 1) * 500).map(record).collect();
+            if stdin.write_all(text.as_bytes()).and_then(|()| stdin.flush()).is_err() {
+                break;
+            }
+        }
+    });
+    kubetag.wait_log("sink delivery failed, retrying");
+    let started = Instant::now();
+    let pid = kubetag.child.as_ref().unwrap().id();
+    std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    let (status, stderr) = kubetag.finish();
+    assert_eq!(status.code(), Some(1), "undelivered records fail the run: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{stderr}");
+    assert!(stderr.contains(&sink), "{stderr}");
+}
