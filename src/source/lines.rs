@@ -3,7 +3,7 @@
 
 use std::io::{self, Read};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 /// How much of an over-long line is kept for the dead-letter record.
 pub(crate) const KEPT_PREFIX_BYTES: usize = 4096;
@@ -36,17 +36,55 @@ pub(crate) fn lines(bytes: &[u8]) -> impl Iterator<Item = (std::ops::Range<usize
     })
 }
 
+/// A read buffer lent to the frames cut from it; when the last frame lets go of it, it
+/// goes back to its framer, so reads land in memory that is already initialised instead of
+/// memory that must be zeroed first.
+struct Lent {
+    data: Vec<u8>,
+    len: usize,
+    home: flume::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let _ = self.home.try_send(std::mem::take(&mut self.data));
+    }
+}
+
+/// Buffers kept for reuse; more in flight are simply allocated.
+const SPARE_BUFFERS: usize = 8;
+
 /// Cuts frames from the reads of one stream.
 pub(crate) struct Framer {
-    buf: BytesMut,
+    /// The start of a line whose newline has not come yet.
+    tail: Vec<u8>,
     max_line_bytes: usize,
     read_bytes: usize,
     skipping: Option<(Bytes, u64)>,
+    spare: (flume::Sender<Vec<u8>>, flume::Receiver<Vec<u8>>),
 }
 
 impl Framer {
     pub(crate) fn new(max_line_bytes: usize, read_bytes: usize) -> Framer {
-        Framer { buf: BytesMut::new(), max_line_bytes, read_bytes, skipping: None }
+        let spare = flume::bounded(SPARE_BUFFERS);
+        Framer { tail: Vec::new(), max_line_bytes, read_bytes, skipping: None, spare }
+    }
+
+    /// A buffer holding the tail, with `read_bytes` of initialised room after it.
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut buf = self.spare.1.try_recv().unwrap_or_default();
+        let want = self.tail.len() + self.read_bytes;
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        buf[..self.tail.len()].copy_from_slice(&self.tail);
+        buf
     }
 
     /// Reads once from `reader`, appending the frames that are complete. Returns the bytes
@@ -56,49 +94,63 @@ impl Framer {
         reader: &mut dyn Read,
         out: &mut Vec<Frame>,
     ) -> io::Result<usize> {
-        let start = self.buf.len();
-        self.buf.resize(start + self.read_bytes, 0);
-        let read = loop {
-            match reader.read(&mut self.buf[start..]) {
+        let mut buf = self.buffer();
+        let start = self.tail.len();
+        let room = start..start + self.read_bytes;
+        let n = loop {
+            match reader.read(&mut buf[room.clone()]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
+                other => break other?,
             }
         };
-        let n = read.inspect_err(|_| self.buf.truncate(start))?;
-        self.buf.truncate(start + n);
-        self.cut(start, out);
+        self.cut(buf, start, start + n, out);
         Ok(n)
     }
 
     /// Frames from bytes the caller already has.
     #[cfg(test)]
     pub(crate) fn push(&mut self, bytes: &[u8], out: &mut Vec<Frame>) {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(bytes);
-        self.cut(start, out);
+        let mut buf = std::mem::take(&mut self.tail);
+        let start = buf.len();
+        buf.extend_from_slice(bytes);
+        let end = buf.len();
+        self.cut(buf, start, end, out);
     }
 
-    /// After a cut the buffer holds no newline, so only bytes from `fresh` on can hold one.
-    fn cut(&mut self, mut fresh: usize, out: &mut Vec<Frame>) {
+    /// `buf[..fresh]` is the old tail (it holds no newline), `buf[fresh..end]` was just read.
+    fn cut(&mut self, buf: Vec<u8>, mut fresh: usize, end: usize, out: &mut Vec<Frame>) {
+        let mut begin = 0;
         if let Some((prefix, len)) = self.skipping.take() {
-            let Some(at) = memchr::memchr(b'\n', &self.buf) else {
-                self.skipping = Some((prefix, len + self.buf.len() as u64));
-                self.buf.clear();
+            let Some(at) = memchr::memchr(b'\n', &buf[..end]) else {
+                self.skipping = Some((prefix, len + end as u64));
+                self.tail.clear();
+                self.recycle(buf);
                 return;
             };
-            let _ = self.buf.split_to(at + 1);
             out.push(Frame::Oversize { prefix, len: len + at as u64 });
-            fresh = 0;
+            (begin, fresh) = (at + 1, at + 1);
         }
-        if let Some(at) = memchr::memrchr(b'\n', &self.buf[fresh..]) {
-            out.push(Frame::Lines(self.buf.split_to(fresh + at + 1).freeze()));
+        let lines_end = memchr::memrchr(b'\n', &buf[fresh..end]).map(|at| fresh + at + 1);
+        self.tail.clear();
+        self.tail.extend_from_slice(&buf[lines_end.unwrap_or(begin).max(begin)..end]);
+        match lines_end {
+            Some(lines_end) => {
+                let home = self.spare.0.clone();
+                let lent = Bytes::from_owner(Lent { data: buf, len: lines_end, home });
+                out.push(Frame::Lines(lent.slice(begin..)));
+            }
+            None => self.recycle(buf),
         }
-        if self.buf.len() > self.max_line_bytes {
-            let keep = self.buf.len().min(KEPT_PREFIX_BYTES);
-            let prefix = Bytes::copy_from_slice(&self.buf[..keep]);
-            self.skipping = Some((prefix, self.buf.len() as u64));
-            self.buf.clear();
+        if self.tail.len() > self.max_line_bytes {
+            let keep = self.tail.len().min(KEPT_PREFIX_BYTES);
+            let prefix = Bytes::copy_from_slice(&self.tail[..keep]);
+            self.skipping = Some((prefix, self.tail.len() as u64));
+            self.tail.clear();
         }
+    }
+
+    fn recycle(&self, buf: Vec<u8>) {
+        let _ = self.spare.0.try_send(buf);
     }
 
     /// At end of input: the last line if it had no newline, or the long line being skipped.
@@ -106,8 +158,8 @@ impl Framer {
         if let Some((prefix, len)) = self.skipping.take() {
             out.push(Frame::Oversize { prefix, len });
         }
-        if !self.buf.is_empty() {
-            out.push(Frame::Lines(self.buf.split().freeze()));
+        if !self.tail.is_empty() {
+            out.push(Frame::Lines(Bytes::from(std::mem::take(&mut self.tail))));
         }
     }
 }
