@@ -246,4 +246,15 @@ fn report_reads_export_format_and_the_journal_itself() {
     let directory = dir.path().to_str().unwrap();
     let from_journal = report(&["--journal", "--directory", directory, "--unit", "kubelet"], b"");
     assert_eq!(from_journal["tagged"], 4);
+
+    // A journalctl that fails is not a clean journal.
+    let missing = dir.path().join("missing");
+    let output = kubetag_tool()
+        .args(["report", "--journal", "--directory"])
+        .arg(&missing)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("journalctl failed"));
 }

@@ -110,9 +110,27 @@ pub(crate) fn micros(text: &str) -> Option<u64> {
     if let Ok(seconds) = text.parse::<f64>() {
         return (seconds.is_finite() && seconds >= 0.0).then_some((seconds * 1e6) as u64);
     }
-    let time = humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).ok()?;
+    let (local, offset_secs) = split_offset(text)?;
+    let time = humantime::parse_rfc3339_weak(local).ok()?;
     let since = time.duration_since(std::time::UNIX_EPOCH).ok()?;
-    u64::try_from(since.as_micros()).ok()
+    let micros = i128::try_from(since.as_micros()).ok()? - i128::from(offset_secs) * 1_000_000;
+    u64::try_from(micros).ok()
+}
+
+/// RFC 3339 text without its zone, and the zone's offset east of UTC in seconds.
+fn split_offset(text: &str) -> Option<(&str, i64)> {
+    if let Some(local) = text.strip_suffix(['Z', 'z']) {
+        return Some((local, 0));
+    }
+    let (local, zone) = text.split_at(text.len().checked_sub(6)?);
+    let sign = match zone.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return Some((text, 0)),
+    };
+    let (hours, minutes) = zone[1..].split_once(':')?;
+    let (hours, minutes): (i64, i64) = (hours.parse().ok()?, minutes.parse().ok()?);
+    Some((local, sign * (hours * 3600 + minutes * 60)))
 }
 
 #[cfg(test)]
@@ -125,6 +143,9 @@ mod tests {
         assert_eq!(micros("1796374801"), Some(1_796_374_801_000_000));
         assert_eq!(micros("1796374801.25"), Some(1_796_374_801_250_000));
         assert_eq!(micros("2026-12-04T09:00:01.5Z"), Some(1_796_374_801_500_000));
+        assert_eq!(micros("2026-12-04T11:00:01.5+02:00"), Some(1_796_374_801_500_000));
+        assert_eq!(micros("2026-12-04T04:00:01.5-05:00"), Some(1_796_374_801_500_000));
+        assert_eq!(micros("2026-12-04t09:00:01.5z"), None, "humantime wants an upper-case T");
         assert_eq!(micros("yesterday"), None);
     }
 

@@ -186,10 +186,33 @@ fn journal_input(args: &ReportArgs, max_line_bytes: usize) -> Result<scan::Input
     journal.boot = args.boot.clone();
     journal.directory = args.directory.clone();
     let open = |source| ReportError::Open { input: "journal".into(), source };
-    let child = journal.spawn(None).map_err(open)?;
-    let stdout = child.stdout.expect("journalctl's stdout is piped");
-    let reader = crate::source::export::JsonLines::new(io::BufReader::new(stdout), max_line_bytes);
+    let mut child = journal.spawn(None).map_err(open)?;
+    let stdout = child.stdout.take().expect("journalctl's stdout is piped");
+    let lines = crate::source::export::JsonLines::new(io::BufReader::new(stdout), max_line_bytes);
+    let reader = Journalctl { lines, child: Some(child) };
     Ok(scan::Input { label: "journal".into(), reader: Box::new(reader) })
+}
+
+/// journalctl's entries; at their end, its exit status: a journalctl that failed (a bad
+/// --since, a missing directory) fails the report instead of passing for a clean journal.
+struct Journalctl<R> {
+    lines: R,
+    child: Option<std::process::Child>,
+}
+
+impl<R: io::Read> io::Read for Journalctl<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.lines.read(out)?;
+        if n == 0 {
+            if let Some(mut child) = self.child.take() {
+                let status = child.wait()?;
+                if !status.success() {
+                    return Err(io::Error::other(format!("journalctl failed: {status}")));
+                }
+            }
+        }
+        Ok(n)
+    }
 }
 
 fn colour_wanted() -> bool {

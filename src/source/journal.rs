@@ -16,8 +16,23 @@ use super::lines::{Frame, KEPT_PREFIX_BYTES};
 use crate::ack::Progress;
 use crate::pipeline::{Feed, Stop};
 
+/// The node agents' units, including the distributions that bundle them.
 fn default_units() -> Vec<String> {
-    ["kubelet", "containerd", "crio", "docker"].map(String::from).to_vec()
+    [
+        "kubelet",
+        "containerd",
+        "crio",
+        "docker",
+        "cri-docker",
+        "k3s",
+        "k3s-agent",
+        "rke2-server",
+        "rke2-agent",
+        "snap.microk8s.daemon-kubelite",
+        "snap.microk8s.daemon-containerd",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn yes() -> bool {
