@@ -174,6 +174,14 @@ pub(crate) fn read_checkpoint(path: &Path) -> io::Result<Option<String>> {
     }
 }
 
+/// Whether the state file's directory takes files, so a run does not learn it at the end.
+fn writable(path: &Path) -> io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".kubetag-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(probe)
+}
+
 /// Writes the state file so that a crash leaves either the old or the new one.
 pub(crate) fn write_checkpoint(path: &Path, cursor: &str) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -216,9 +224,13 @@ impl JournalSource {
     pub(crate) fn new(config: &JournalConfig, max_entry_bytes: usize) -> io::Result<Self> {
         let path = config.state_file.clone();
         let start = match &path {
-            Some(path) => read_checkpoint(path)?,
-            None => None,
+            Some(path) => read_checkpoint(path).and_then(|cursor| writable(path).map(|()| cursor)),
+            None => Ok(None),
         };
+        let start = start.map_err(|e| {
+            let path = path.as_deref().unwrap_or(Path::new("")).display();
+            io::Error::new(e.kind(), format!("journal state file {path}: {e}"))
+        })?;
         let checkpoint = Arc::new(Checkpoint {
             progress: Arc::new(Progress::default()),
             path,
