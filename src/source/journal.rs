@@ -273,7 +273,8 @@ impl JournalSource {
                 backoff = Duration::from_secs(1);
             }
             if !warned {
-                tracing::warn!(%status, retry_secs = backoff.as_secs(), "journalctl exited, restarting it");
+                let retry_secs = backoff.as_secs();
+                tracing::warn!(%status, retry_secs, "journalctl exited, restarting it");
                 warned = true;
             }
             if sleep_unless_stopped(backoff, &stop) {
