@@ -535,3 +535,37 @@ fn inputs_are_read_one_after_another() {
     let output = run(&["-", "-"], b"");
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn explain_tells_what_a_category_and_a_rule_mean() {
+    let output = kubetag_tool().args(["explain", "image_pull"]).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(text.contains("Image pull failures") && text.contains("image_pull."), "{text}");
+    let rule =
+        text.lines().find_map(|l| l.split_whitespace().find(|w| w.starts_with("image_pull.")));
+    let output = kubetag_tool().args(["explain", rule.unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("Probable causes") && text.contains("Remediation"), "{text}");
+    let output = kubetag_tool().args(["explain", "no_such_thing"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn an_explicit_shape_maps_other_field_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    let shape = "[tag]\nshape = { message = [\"log\"], component = [\"unit\"], host = [\"node\"], time = [\"ts\"] }\n";
+    std::fs::write(&config, shape).unwrap();
+    let record = r#"{"log":"Failed to pull image \"a:1\": rpc error: code = NotFound","unit":"kubelet.service","node":"n7","ts":"2026-12-04T09:00:01Z"}"#;
+    let output = run(&["--config", config.to_str().unwrap()], format!("{record}\n").as_bytes());
+    let records = lines(&output.stdout);
+    assert_eq!(records.len(), 1, "{}", String::from_utf8_lossy(&output.stderr));
+    let tag = &records[0]["kubetag"];
+    assert_eq!(
+        (tag["category"].as_str(), tag["component"].as_str()),
+        (Some("image_pull"), Some("kubelet"))
+    );
+    assert_eq!(tag["attributes"]["k8s.node.name"], "n7");
+    assert_eq!(tag["timestamp"], "2026-12-04T09:00:01.000000Z");
+}
