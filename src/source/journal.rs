@@ -268,9 +268,10 @@ impl JournalSource {
             }
 
             // journalctl went away while following: start it again after the last entry
-            // read, waiting longer each time it fails quickly, and say so once.
+            // read, waiting longer each time it fails quickly, and say so once per outage.
+            // A journalctl that ran a while ends an outage: the next one is said again.
             if started.elapsed() > Duration::from_secs(60) {
-                backoff = Duration::from_secs(1);
+                (backoff, warned) = (Duration::from_secs(1), false);
             }
             if !warned {
                 let retry_secs = backoff.as_secs();
