@@ -235,7 +235,8 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         "stopped"
     );
     if !args.quiet {
-        eprintln!("{}", report.summary());
+        // eprintln! would panic on a closed stderr; the summary is not worth a crash.
+        let _ = writeln!(std::io::stderr(), "{}", report.summary());
     }
     if let Some(path) = &settings.stats_file {
         let json = serde_json::to_vec_pretty(&report).expect("counters serialize");
@@ -253,10 +254,13 @@ fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("bad --log-level {filter:?}"))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // A closed stderr must not crash the run: by default a failed log write is reported with
+    // eprintln!, which panics on a closed stderr.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),

@@ -22,8 +22,9 @@ pub(crate) fn watch(stop: Stop) {
                 return;
             };
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            tracing::info!("draining");
+            // Stop first: logging can fail (a closed stderr) and must not keep the stop back.
             stop.request();
+            tracing::info!("draining");
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
             tracing::warn!("second signal, exiting now");
             std::process::exit(130);

@@ -569,3 +569,26 @@ fn an_explicit_shape_maps_other_field_names() {
     assert_eq!(tag["attributes"]["k8s.node.name"], "n7");
     assert_eq!(tag["timestamp"], "2026-12-04T09:00:01.000000Z");
 }
+
+#[test]
+fn a_closed_stderr_neither_crashes_nor_blocks_the_stop() {
+    let mut child = kubetag_tool()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, r#"{{"MESSAGE":"Failed to pull image \"a:1\": rpc error: code = NotFound"}}"#)
+        .unwrap();
+    let lines = line_reader(child.stdout.take().unwrap());
+    lines.recv_timeout(Duration::from_secs(20)).expect("the record comes through");
+    std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let (done, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait()));
+    let status =
+        exited.recv_timeout(Duration::from_secs(20)).expect("exits after SIGTERM").unwrap();
+    assert!(status.success(), "{status}");
+    drop(stdin);
+}
