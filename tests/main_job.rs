@@ -250,12 +250,7 @@ fn follow_mode_writes_each_tagged_line_at_once() {
     assert!(child.wait().unwrap().success());
 
     // A line written to an open stdin appears without the stream ending.
-    let mut child = kubetag()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&mut kubetag(), Stdio::null());
     let mut stdin = child.stdin.take().unwrap();
     let lines = line_reader(child.stdout.take().unwrap());
     for n in 0..3 {
@@ -289,12 +284,7 @@ fn line_reader(output: impl std::io::Read + Send + 'static) -> std::sync::mpsc::
 #[test]
 fn a_closed_stdout_ends_quietly() {
     let record = r#"{"MESSAGE":"Failed to pull image \"app\": rpc error: code = NotFound"}"#;
-    let mut child = kubetag()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&mut kubetag(), Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     writeln!(stdin, "{record}").unwrap();
@@ -486,13 +476,8 @@ fn a_sink_that_fails_mid_run_fails_the_run() {
 fn sigterm_on_an_idle_stdin_drains_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let stats = dir.path().join("stats.json");
-    let mut child = kubetag()
-        .args(["--stats-file", stats.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        spawn_piped(kubetag().args(["--stats-file", stats.to_str().unwrap()]), Stdio::null());
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, r#"{{"MESSAGE":"Failed to pull image \"a:1\": rpc error: code = NotFound"}}"#)
         .unwrap();
@@ -572,12 +557,7 @@ fn an_explicit_shape_maps_other_field_names() {
 
 #[test]
 fn a_closed_stderr_neither_crashes_nor_blocks_the_stop() {
-    let mut child = kubetag_tool()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&mut kubetag_tool(), Stdio::piped());
     drop(child.stderr.take());
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, r#"{{"MESSAGE":"Failed to pull image \"a:1\": rpc error: code = NotFound"}}"#)

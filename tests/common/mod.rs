@@ -153,3 +153,13 @@ pub fn journal_append(journal: &Path, entries: &[Entry]) {
     child.stdin.take().unwrap().write_all(&export(entries)).unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// Starts `command` with stdin and stdout on pipes, for tests that feed and read it live.
+pub fn spawn_piped(command: &mut Command, stderr: Stdio) -> std::process::Child {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("kubetag starts")
+}
