@@ -16,12 +16,13 @@ use crate::ack::Ack;
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetter, Reject};
 use crate::record::Malformed;
-use crate::sink::{Batch, Output, Sink};
+use crate::sink::{Batch, Output, Sink, SinkConfig};
 use crate::source::journal::{Checkpoint, JournalSource};
 use crate::source::lines::{lines, Frame, Framer, KEPT_PREFIX_BYTES};
 use crate::source::tcp::TcpSource;
 use crate::source::SourceConfig;
 use crate::stats::Counts;
+use crate::tag::route::Routed;
 use crate::tag::{Outcome, Tagger, Worker};
 
 /// A frame on its way to a worker, with where to send the result.
@@ -44,6 +45,7 @@ struct Done {
     counts: Counts,
     lines: u64,
     rejects: Vec<Reject>,
+    records: Vec<Routed>,
     ack: Option<Ack>,
 }
 
@@ -74,8 +76,16 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
     let (jobs, job_queue) = flume::bounded::<Job>(threads * 2);
     let (pending, pending_queue) = flume::bounded::<Pending>(threads * 4);
 
+    let routes = settings.sinks.iter().any(SinkConfig::routes);
     let workers: Vec<_> = (0..threads)
-        .map(|i| spawn_worker(i, job_queue.clone(), tagger.clone(), settings.max_line_bytes))
+        .map(|i| {
+            let worker = if routes {
+                Worker::with_routes(tagger.clone())
+            } else {
+                Worker::new(tagger.clone())
+            };
+            spawn_worker(i, job_queue.clone(), worker, settings.max_line_bytes)
+        })
         .collect::<io::Result<_>>()?;
     drop(job_queue);
 
@@ -245,11 +255,10 @@ fn read_lines(
 fn spawn_worker(
     index: usize,
     jobs: flume::Receiver<Job>,
-    tagger: Arc<Tagger>,
+    mut worker: Worker,
     max_line_bytes: usize,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("tag {index}")).spawn(move || {
-        let mut worker = Worker::new(tagger);
         while let Ok(job) = jobs.recv() {
             let mut done = process(&mut worker, job.frame, max_line_bytes);
             done.ack = job.ack;
@@ -296,6 +305,9 @@ fn one_line(
     }
     if done.out.len() > before {
         done.counts.forwarded += 1;
+        if let Some(route) = worker.take_route() {
+            done.records.push(Routed { end: done.out.len(), route });
+        }
     }
     done.counts.records += 1;
     done.lines += 1;
@@ -405,7 +417,8 @@ impl Collector {
             // Nothing to deliver: the frame settles as its ack drops here.
             return true;
         }
-        let batch: Batch = Arc::new(Output { bytes: done.out, ack: done.ack });
+        let batch: Batch =
+            Arc::new(Output { bytes: done.out, records: done.records, ack: done.ack });
         let sinks = std::mem::take(&mut self.sinks);
         for sink in sinks {
             match self.offer(&sink, &batch) {

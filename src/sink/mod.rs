@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use serde::Deserialize;
 
 use crate::ack::Ack;
+use crate::tag::route::Routed;
 
 /// One configured sink, a `[sinks.NAME]` table.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -51,6 +52,11 @@ impl SinkConfig {
             return Err(format!("output scheme {scheme}:// is not supported by this build"));
         }
         Ok(SinkConfig::File { path: url.into() })
+    }
+
+    /// Whether the sink needs each record's facts ([`Routed`]) beside its bytes.
+    pub(crate) fn routes(&self) -> bool {
+        false
     }
 
     pub fn label(&self) -> String {
@@ -94,6 +100,8 @@ pub(crate) fn append(path: &PathBuf) -> io::Result<File> {
 /// when the last sink lets go of the batch after delivering it.
 pub(crate) struct Output {
     pub(crate) bytes: Vec<u8>,
+    /// Each line's end and facts, when a sink or stage asked for them; else empty.
+    pub(crate) records: Vec<Routed>,
     pub(crate) ack: Option<Ack>,
 }
 

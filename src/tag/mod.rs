@@ -8,6 +8,7 @@ pub(crate) mod category;
 pub(crate) mod component;
 mod enrich;
 pub(crate) mod header;
+pub(crate) mod route;
 pub(crate) mod rules;
 pub(crate) mod ruleset;
 
@@ -20,6 +21,7 @@ use crate::record::json::{self, Field};
 use crate::record::{Malformed, Message, Record, Shape};
 use category::Category;
 use component::Component;
+use route::Route;
 use ruleset::{RuleSet, Scratch};
 
 /// What to do with records no rule tags.
@@ -59,11 +61,22 @@ pub struct Worker {
     fields: Vec<Field>,
     message: Vec<u8>,
     matches: Scratch,
+    /// Whether to describe each forwarded record in `route`.
+    routes: bool,
+    route: Option<Route>,
+    /// Where the last scanned line's object closes.
+    close: usize,
 }
 
 impl Worker {
     pub fn new(tagger: Arc<Tagger>) -> Worker {
-        Worker { tagger, fields: Vec::new(), message: Vec::new(), matches: Scratch::default() }
+        let (fields, message, matches) = (Vec::new(), Vec::new(), Scratch::default());
+        Worker { tagger, fields, message, matches, routes: false, route: None, close: 0 }
+    }
+
+    /// A worker that also describes every record it forwards, for sinks that route by it.
+    pub(crate) fn with_routes(tagger: Arc<Tagger>) -> Worker {
+        Worker { routes: true, ..Worker::new(tagger) }
     }
 
     /// Judges one line (without its newline) and appends what is forwarded to `out`.
@@ -73,8 +86,30 @@ impl Worker {
         if unmatched && self.tagger.unmatched == Unmatched::Pass {
             out.extend_from_slice(line);
             out.push(b'\n');
+            if self.routes {
+                self.route = Some(self.unmatched_route(line));
+            }
         }
         outcome
+    }
+
+    /// The facts of the record the last `line` forwarded, if it forwarded one and this
+    /// worker describes records.
+    pub(crate) fn take_route(&mut self) -> Option<Route> {
+        self.route.take()
+    }
+
+    fn unmatched_route(&self, line: &[u8]) -> Route {
+        let record = Record { line, fields: &self.fields, close: self.close };
+        let shape = &self.tagger.shape;
+        let component = component::classify(record.first_text(&shape.component).as_deref());
+        Route {
+            category: "unmatched",
+            component: component.name,
+            node: record.first_text(&shape.host),
+            micros: micros(&record, shape),
+            ..Route::default()
+        }
     }
 
     fn judge(&mut self, line: &[u8], out: &mut Vec<u8>) -> Outcome {
@@ -82,6 +117,7 @@ impl Worker {
             Ok(close) => close,
             Err(reason) => return Outcome::Malformed(reason),
         };
+        self.close = close;
         let record = Record { line, fields: &self.fields, close };
         let tagger = &*self.tagger;
         let text = match record.message(&tagger.shape, &mut self.message) {
@@ -101,7 +137,18 @@ impl Worker {
         let tag = build_tag(tagger, &record, &text, &component, hits);
         write_tagged(&record, &tag, out);
         let rule = hits[0];
-        Outcome::Tagged { rule, category: tagger.rules.rule(rule).category }
+        let category = tagger.rules.rule(rule).category;
+        if self.routes {
+            let route = Route {
+                rule: Some(rule),
+                category: category.id(),
+                component: component.name.clone(),
+                micros: micros(&record, &tagger.shape),
+                ..Route::default()
+            };
+            self.route = Some(route.from_attributes(&tag.attributes));
+        }
+        Outcome::Tagged { rule, category }
     }
 }
 
@@ -167,9 +214,14 @@ fn build_tag<'a>(
 /// 10000-01-01T00:00:00Z in microseconds since the epoch.
 const MAX_RFC3339_MICROS: u64 = 253_402_300_800_000_000;
 
+/// The record's time in microseconds since the epoch.
+fn micros(record: &Record<'_>, shape: &Shape) -> Option<u64> {
+    crate::record::shape::micros(&record.first_text(&shape.time)?)
+}
+
 /// RFC 3339 from journald's microseconds since the epoch.
 fn timestamp(record: &Record<'_>, shape: &Shape) -> Option<String> {
-    let micros = crate::record::shape::micros(&record.first_text(&shape.time)?)?;
+    let micros = micros(record, shape)?;
     // RFC 3339 has four-digit years: a later time is left out rather than misprinted.
     if micros >= MAX_RFC3339_MICROS {
         return None;
