@@ -17,7 +17,12 @@ pub(crate) struct Ack(Arc<Inner>);
 struct Inner {
     seq: u64,
     failed: AtomicBool,
-    progress: Arc<Progress>,
+    progress: Arc<dyn Settle>,
+}
+
+/// Where an ack reports when its last holder lets go.
+trait Settle: Send + Sync {
+    fn settle(&self, seq: u64, delivered: bool);
 }
 
 impl Drop for Inner {
@@ -34,33 +39,46 @@ impl Ack {
 }
 
 /// A source's frames in order, each with the position to checkpoint once it and every
-/// frame before it are settled.
-#[derive(Default)]
-pub(crate) struct Progress {
-    state: Mutex<State>,
+/// frame before it are settled: a journal cursor, or a Kafka offset per partition.
+pub(crate) struct Progress<P = String> {
+    state: Mutex<State<P>>,
 }
 
-#[derive(Default)]
-struct State {
+struct State<P> {
     next_seq: u64,
     /// Frames handed out and not yet settled, by sequence, with their positions.
-    open: BTreeMap<u64, (String, bool)>,
+    open: BTreeMap<u64, (P, bool)>,
     /// The position after which everything is delivered.
-    committed: Option<String>,
+    committed: Option<P>,
     /// A failed frame holds the checkpoint back for the rest of the run.
     stuck: bool,
 }
 
-impl Progress {
+impl<P> Default for Progress<P> {
+    fn default() -> Self {
+        let state = State { next_seq: 0, open: BTreeMap::new(), committed: None, stuck: false };
+        Progress { state: Mutex::new(state) }
+    }
+}
+
+impl<P: Clone + Send + 'static> Progress<P> {
     /// Hands out the ack of the next frame, which ends at `position`.
-    pub(crate) fn ack(self: &Arc<Self>, position: String) -> Ack {
+    pub(crate) fn ack(self: &Arc<Self>, position: P) -> Ack {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let seq = state.next_seq;
         state.next_seq += 1;
         state.open.insert(seq, (position, false));
-        Ack(Arc::new(Inner { seq, failed: AtomicBool::new(false), progress: self.clone() }))
+        let progress: Arc<dyn Settle> = self.clone();
+        Ack(Arc::new(Inner { seq, failed: AtomicBool::new(false), progress }))
     }
 
+    /// The position after which everything is delivered, if any frame settled yet.
+    pub(crate) fn committed(&self) -> Option<P> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).committed.clone()
+    }
+}
+
+impl<P: Send> Settle for Progress<P> {
     fn settle(&self, seq: u64, delivered: bool) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if !delivered {
@@ -79,11 +97,6 @@ impl Progress {
             state.committed = Some(position);
         }
     }
-
-    /// The position after which everything is delivered, if any frame settled yet.
-    pub(crate) fn committed(&self) -> Option<String> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).committed.clone()
-    }
 }
 
 #[cfg(test)]
@@ -92,7 +105,7 @@ mod tests {
 
     #[test]
     fn commits_only_a_settled_prefix() {
-        let progress = Arc::new(Progress::default());
+        let progress: Arc<Progress> = Arc::new(Progress::default());
         let a = progress.ack("a".into());
         let b = progress.ack("b".into());
         let c = progress.ack("c".into());
@@ -109,7 +122,7 @@ mod tests {
 
     #[test]
     fn a_failed_frame_holds_the_checkpoint_back() {
-        let progress = Arc::new(Progress::default());
+        let progress: Arc<Progress> = Arc::new(Progress::default());
         let a = progress.ack("a".into());
         let b = progress.ack("b".into());
         drop(a);

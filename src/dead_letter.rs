@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::record::Malformed;
+use crate::source::lines::Origin;
 
 /// A line the pipeline refused.
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub(crate) struct Reject {
     pub(crate) raw: Bytes,
     /// The line's full length.
     pub(crate) len: u64,
+    /// The Kafka message it was, if it was one.
+    pub(crate) origin: Option<Origin>,
 }
 
 #[derive(Serialize)]
@@ -29,6 +32,12 @@ struct Envelope<'a> {
     bytes: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<i64>,
     raw: Raw<'a>,
 }
 
@@ -65,6 +74,9 @@ impl DeadLetter {
             error: reject.reason.describe(),
             bytes: reject.len,
             truncated: (reject.raw.len() as u64) < reject.len,
+            topic: reject.origin.as_ref().map(|o| &*o.topic),
+            partition: reject.origin.as_ref().map(|o| o.partition),
+            offset: reject.origin.as_ref().map(|o| o.offset),
             raw,
         };
         serde_json::to_writer(&mut self.writer, &envelope)?;

@@ -17,10 +17,11 @@ use crate::config::Settings;
 use crate::dead_letter::{DeadLetter, Reject};
 use crate::record::Malformed;
 use crate::sink::{Batch, Output, Sink, SinkConfig};
-use crate::source::journal::{Checkpoint, JournalSource};
-use crate::source::lines::{lines, Frame, Framer, KEPT_PREFIX_BYTES};
+use crate::source::journal::JournalSource;
+use crate::source::kafka::KafkaSource;
+use crate::source::lines::{lines, Frame, Framer, Whole, KEPT_PREFIX_BYTES};
 use crate::source::tcp::TcpSource;
-use crate::source::SourceConfig;
+use crate::source::{Checkpoint, SourceConfig};
 use crate::stats::Counts;
 use crate::tag::route::Routed;
 use crate::tag::{Outcome, Tagger, Worker};
@@ -97,7 +98,8 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
 
     let mut labels = Vec::new();
     let mut readers = Vec::new();
-    let mut checkpoints = Vec::new();
+    let mut consumers = Vec::new();
+    let mut checkpoints: Vec<Arc<dyn Checkpoint>> = Vec::new();
     let mut streams = Vec::new();
     for (index, config) in settings.sources.iter().enumerate() {
         labels.push(config.label());
@@ -109,6 +111,15 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
                 let thread = std::thread::Builder::new().name("source journal".into());
                 let stop = stop.clone();
                 readers.push(thread.spawn(move || source.run(feed, stop))?);
+            }
+            SourceConfig::Kafka(kafka) => {
+                let source = KafkaSource::new(kafka, settings.max_line_bytes)?;
+                checkpoints.push(source.checkpoint());
+                let thread = std::thread::Builder::new().name("source kafka".into());
+                let stop = stop.clone();
+                // Polling returns often: this reader is waited for even after a stop, so
+                // the consumer leaves its group cleanly.
+                consumers.push(thread.spawn(move || source.run(feed, stop))?);
             }
             SourceConfig::Tcp(tcp) => {
                 let source = TcpSource::bind(tcp)?;
@@ -134,6 +145,11 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
         Collector::new(labels, sinks, dead_letter, stop.clone(), settings.shutdown_timeout);
     collector.collect(&pending_queue, &stop);
     drop(pending_queue);
+    for consumer in consumers {
+        if let Ok(Err(e)) = consumer.join() {
+            collector.failures.push(format!("reading input: {e}"));
+        }
+    }
     if stop.requested() {
         // Readers may be blocked in a read that will never return, holding the workers'
         // queue open: neither is waited for; everything they had taken is delivered.
@@ -153,8 +169,8 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
     // Every sink has flushed: what they delivered can be checkpointed.
     timer.stop();
     for checkpoint in &checkpoints {
-        if let Err(e) = checkpoint.save() {
-            finished.failures.push(format!("writing the journal checkpoint: {e}"));
+        if let Err(e) = checkpoint.finish() {
+            finished.failures.push(format!("saving a checkpoint: {e}"));
         }
     }
     Ok(finished)
@@ -167,7 +183,7 @@ struct CheckpointTimer {
 }
 
 impl CheckpointTimer {
-    fn start(checkpoints: &[Arc<Checkpoint>], every: Duration) -> io::Result<CheckpointTimer> {
+    fn start(checkpoints: &[Arc<dyn Checkpoint>], every: Duration) -> io::Result<CheckpointTimer> {
         let (done, finished) = flume::bounded::<()>(0);
         if checkpoints.is_empty() {
             return Ok(CheckpointTimer { done, thread: None });
@@ -177,7 +193,7 @@ impl CheckpointTimer {
             while let Err(flume::RecvTimeoutError::Timeout) = finished.recv_timeout(every) {
                 for checkpoint in &checkpoints {
                     if let Err(e) = checkpoint.save() {
-                        tracing::warn!(error = %e, "cannot write the journal checkpoint");
+                        tracing::warn!(error = %e, "cannot save a checkpoint");
                     }
                 }
             }
@@ -201,12 +217,39 @@ pub(crate) struct Feed {
     pending: flume::Sender<Pending>,
 }
 
+/// Why a frame was not taken.
+pub(crate) enum Refused {
+    /// The pipeline is full: the frame comes back, to be offered again.
+    Busy(Frame, Option<Ack>),
+    /// The pipeline takes no more frames.
+    Closed,
+}
+
 impl Feed {
     /// Queues a frame; false once the pipeline no longer takes any.
     pub(crate) fn send(&self, frame: Frame, ack: Option<Ack>) -> bool {
         let (reply, result) = flume::bounded(1);
         let pending = Pending { source: self.source, reply: result };
         self.pending.send(pending).is_ok() && self.jobs.send(Job { frame, ack, reply }).is_ok()
+    }
+
+    /// Queues a frame if the pipeline takes it within `wait`, for sources that must keep
+    /// serving their peer while the sinks are slow.
+    pub(crate) fn offer(
+        &self,
+        frame: Frame,
+        ack: Option<Ack>,
+        wait: Duration,
+    ) -> Result<(), Refused> {
+        let (reply, result) = flume::bounded(1);
+        let pending = Pending { source: self.source, reply: result };
+        match self.pending.send_timeout(pending, wait) {
+            Ok(()) => {}
+            Err(flume::SendTimeoutError::Timeout(_)) => return Err(Refused::Busy(frame, ack)),
+            Err(flume::SendTimeoutError::Disconnected(_)) => return Err(Refused::Closed),
+        }
+        // A place in the order is taken; the workers' queue frees up without the sinks.
+        self.jobs.send(Job { frame, ack, reply }).map_err(|_| Refused::Closed)
     }
 }
 
@@ -283,8 +326,33 @@ fn process(worker: &mut Worker, frame: Frame, max_line_bytes: usize) -> Done {
                 one_line(worker, &bytes, line, max_line_bytes, &mut done);
             }
         }
+        Frame::Records { bytes, records } => {
+            for whole in records {
+                one_record(worker, &bytes, whole, max_line_bytes, &mut done);
+            }
+        }
     }
     done
+}
+
+/// Tags a record that arrived whole; its headers go on with its output, its origin into
+/// any dead-letter envelope.
+fn one_record(worker: &mut Worker, bytes: &Bytes, whole: Whole, max: usize, done: &mut Done) {
+    let (rejects, records) = (done.rejects.len(), done.records.len());
+    done.counts.bytes += whole.len;
+    if whole.len > max as u64 {
+        reject(done, Malformed::TooLong, bytes.slice(whole.range), whole.len);
+        done.counts.records += 1;
+        done.lines += 1;
+    } else {
+        one_line(worker, bytes, whole.range, max, done);
+    }
+    for reject in &mut done.rejects[rejects..] {
+        reject.origin = Some(whole.origin.clone());
+    }
+    if let Some(routed) = done.records[records..].first_mut() {
+        routed.route.headers = whole.headers;
+    }
 }
 
 fn one_line(
@@ -329,7 +397,7 @@ fn count(outcome: Outcome, bytes: &Bytes, line: std::ops::Range<usize>, done: &m
 
 fn reject(done: &mut Done, reason: Malformed, raw: Bytes, len: u64) {
     done.counts.malformed(reason);
-    done.rejects.push(Reject { offset: done.lines, reason, raw, len });
+    done.rejects.push(Reject { offset: done.lines, reason, raw, len, origin: None });
 }
 
 /// Whether a sink took a batch.

@@ -184,6 +184,8 @@ impl Lines {
                 return found;
             }
             Frame::Lines(bytes) => bytes,
+            // The report reads files and the journal, which come in lines.
+            Frame::Records { .. } => unreachable!("the report reads no whole records"),
         };
         for (line, taken) in crate::source::lines::lines(&bytes) {
             found.bytes += taken;

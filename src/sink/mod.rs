@@ -2,6 +2,7 @@
 //! a slow sink pushes back on the pipeline instead of growing memory.
 
 pub(crate) mod http;
+pub(crate) mod kafka;
 mod retry;
 pub(crate) mod tcp;
 
@@ -28,6 +29,8 @@ pub enum SinkConfig {
     Tcp(tcp::TcpConfig),
     /// JSON lines POSTed over HTTP, combined into requests and retried.
     Http(http::HttpConfig),
+    /// One Kafka message a record, on topics named from the record's facts.
+    Kafka(kafka::KafkaSinkConfig),
 }
 
 impl SinkConfig {
@@ -44,6 +47,9 @@ impl SinkConfig {
             let address = tcp::Address::try_from(address.trim_end_matches('/').to_string())?;
             return Ok(SinkConfig::Tcp(tcp::TcpConfig::new(address)));
         }
+        if url.starts_with("kafka://") {
+            return kafka::KafkaSinkConfig::from_url(url).map(SinkConfig::Kafka);
+        }
         if url.starts_with("http://") || url.starts_with("https://") {
             let url = http::Endpoint::try_from(url.to_string())?;
             return Ok(SinkConfig::Http(http::HttpConfig::new(url)));
@@ -56,7 +62,7 @@ impl SinkConfig {
 
     /// Whether the sink needs each record's facts ([`Routed`]) beside its bytes.
     pub(crate) fn routes(&self) -> bool {
-        false
+        matches!(self, SinkConfig::Kafka(_))
     }
 
     pub fn label(&self) -> String {
@@ -65,6 +71,7 @@ impl SinkConfig {
             SinkConfig::File { path } => path.display().to_string(),
             SinkConfig::Tcp(tcp) => format!("tcp://{}", tcp.address),
             SinkConfig::Http(http) => http.url.label(),
+            SinkConfig::Kafka(kafka) => kafka.label(),
         }
     }
 
@@ -87,6 +94,10 @@ impl SinkConfig {
             SinkConfig::Http(config) => {
                 let client = http::Client::new(config);
                 Box::new(move || http::run(client, batches))
+            }
+            SinkConfig::Kafka(config) => {
+                let config = config.clone();
+                Box::new(move || kafka::run(config, batches))
             }
         })
     }

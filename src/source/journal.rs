@@ -15,6 +15,7 @@ use super::export::{write_json, Entry, ExportReader};
 use super::lines::{Frame, KEPT_PREFIX_BYTES};
 use crate::ack::Progress;
 use crate::pipeline::{Feed, Stop};
+use crate::source::Checkpoint as _;
 
 /// The node agents' units, including the distributions that bundle them.
 fn default_units() -> Vec<String> {
@@ -193,15 +194,15 @@ pub(crate) fn write_checkpoint(path: &Path, cursor: &str) -> io::Result<()> {
 }
 
 /// The source's checkpoint: delivered progress, and where it is saved.
-pub(crate) struct Checkpoint {
+pub(crate) struct CursorCheckpoint {
     progress: Arc<Progress>,
     path: Option<PathBuf>,
     saved: std::sync::Mutex<Option<String>>,
 }
 
-impl Checkpoint {
+impl super::Checkpoint for CursorCheckpoint {
     /// Saves the committed cursor if it moved.
-    pub(crate) fn save(&self) -> io::Result<()> {
+    fn save(&self) -> io::Result<()> {
         let Some(path) = &self.path else { return Ok(()) };
         let Some(cursor) = self.progress.committed() else { return Ok(()) };
         let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
@@ -217,7 +218,7 @@ impl Checkpoint {
 pub(crate) struct JournalSource {
     config: JournalConfig,
     max_entry_bytes: usize,
-    checkpoint: Arc<Checkpoint>,
+    checkpoint: Arc<CursorCheckpoint>,
 }
 
 impl JournalSource {
@@ -231,7 +232,7 @@ impl JournalSource {
             let path = path.as_deref().unwrap_or(Path::new("")).display();
             io::Error::new(e.kind(), format!("journal state file {path}: {e}"))
         })?;
-        let checkpoint = Arc::new(Checkpoint {
+        let checkpoint = Arc::new(CursorCheckpoint {
             progress: Arc::new(Progress::default()),
             path,
             saved: std::sync::Mutex::new(start),
@@ -239,7 +240,7 @@ impl JournalSource {
         Ok(JournalSource { config: config.clone(), max_entry_bytes, checkpoint })
     }
 
-    pub(crate) fn checkpoint(&self) -> Arc<Checkpoint> {
+    pub(crate) fn checkpoint(&self) -> Arc<CursorCheckpoint> {
         self.checkpoint.clone()
     }
 

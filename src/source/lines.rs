@@ -2,8 +2,11 @@
 //! line length that holds without buffering the long line.
 
 use std::io::{self, Read};
+use std::sync::Arc;
 
 use bytes::Bytes;
+
+use crate::tag::route::Headers;
 
 /// How much of an over-long line is kept for the dead-letter record.
 pub(crate) const KEPT_PREFIX_BYTES: usize = 4096;
@@ -15,6 +18,28 @@ pub(crate) enum Frame {
     Lines(Bytes),
     /// A line longer than the limit, skipped: its start and its full length.
     Oversize { prefix: Bytes, len: u64 },
+    /// Records that arrive whole, one a message (Kafka), side by side in one buffer.
+    Records { bytes: Bytes, records: Vec<Whole> },
+}
+
+/// One record of a [`Frame::Records`].
+#[derive(Debug)]
+pub(crate) struct Whole {
+    /// Its bytes in the frame's buffer: all of them, or only the start of a record longer
+    /// than the line limit.
+    pub(crate) range: std::ops::Range<usize>,
+    /// Its full size as it arrived.
+    pub(crate) len: u64,
+    pub(crate) headers: Option<Arc<Headers>>,
+    pub(crate) origin: Origin,
+}
+
+/// Where a whole record came from, for its dead-letter envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
 }
 
 /// The lines of a frame's bytes: for each, its range without the newline (or a CR before
@@ -181,6 +206,7 @@ mod tests {
                 Frame::Oversize { prefix, len } => {
                     format!("O:{}:{len}", String::from_utf8_lossy(&prefix[..3]))
                 }
+                Frame::Records { .. } => unreachable!("a framer cuts lines"),
             })
             .collect()
     }
@@ -220,6 +246,7 @@ mod tests {
             .map(|f| match f {
                 Frame::Lines(b) => String::from_utf8_lossy(b).into_owned(),
                 Frame::Oversize { .. } => "oversize".into(),
+                Frame::Records { .. } => unreachable!("a framer cuts lines"),
             })
             .collect();
         assert_eq!(text.concat(), "one\ntwo\nthree");

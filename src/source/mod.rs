@@ -3,6 +3,7 @@
 
 pub(crate) mod export;
 pub(crate) mod journal;
+pub(crate) mod kafka;
 pub(crate) mod lines;
 pub(crate) mod tcp;
 
@@ -11,6 +12,17 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+/// What a source keeps of its delivered progress (a journal cursor, Kafka offsets),
+/// saved on a timer and once more when the run ends, after every sink has flushed.
+pub(crate) trait Checkpoint: Send + Sync {
+    fn save(&self) -> io::Result<()>;
+
+    /// The last save, when the run ends; it may wait for the saving to be confirmed.
+    fn finish(&self) -> io::Result<()> {
+        self.save()
+    }
+}
 
 /// One configured source, a `[sources.NAME]` table.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -24,6 +36,8 @@ pub enum SourceConfig {
     Journal(journal::JournalConfig),
     /// Newline-delimited JSON from log shippers over TCP.
     Tcp(tcp::TcpConfig),
+    /// Journal records from Kafka topics, one a message, as a consumer-group member.
+    Kafka(kafka::KafkaConfig),
 }
 
 impl SourceConfig {
@@ -56,6 +70,9 @@ impl SourceConfig {
         if let Some(path) = url.strip_prefix("file:") {
             return Ok(SourceConfig::File { path: path.trim_start_matches("//").into() });
         }
+        if url.starts_with("kafka://") {
+            return kafka::KafkaConfig::from_url(url).map(SourceConfig::Kafka);
+        }
         if let Some((scheme, _)) = url.split_once("://") {
             return Err(format!("input scheme {scheme}:// is not supported by this build"));
         }
@@ -69,6 +86,7 @@ impl SourceConfig {
             SourceConfig::File { path } => path.display().to_string(),
             SourceConfig::Journal(_) => "journal".into(),
             SourceConfig::Tcp(tcp) => format!("tcp://{}", tcp.address),
+            SourceConfig::Kafka(kafka) => kafka.label(),
         }
     }
 
@@ -78,6 +96,7 @@ impl SourceConfig {
             SourceConfig::Journal(journal) => journal.check(),
             // Bound when the pipeline starts; a bad address fails the start.
             SourceConfig::Tcp(_) => Ok(()),
+            SourceConfig::Kafka(kafka) => kafka.check(),
             _ => self.open().map(|_| ()),
         }
     }
@@ -87,7 +106,7 @@ impl SourceConfig {
         Ok(match self {
             SourceConfig::Stdin => Box::new(io::stdin()),
             SourceConfig::File { path } => Box::new(File::open(path)?),
-            SourceConfig::Journal(_) | SourceConfig::Tcp(_) => {
+            SourceConfig::Journal(_) | SourceConfig::Tcp(_) | SourceConfig::Kafka(_) => {
                 return Err(io::Error::other("not a stream input"));
             }
         })

@@ -146,7 +146,7 @@ impl Worker {
                 micros: micros(&record, &tagger.shape),
                 ..Route::default()
             };
-            self.route = Some(route.from_attributes(&tag.attributes));
+            self.route = Some(route.with_attributes(&tag.attributes));
         }
         Outcome::Tagged { rule, category }
     }

@@ -28,7 +28,7 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    pub(crate) fn from_attributes(mut self, attributes: &Attributes) -> Route {
+    pub(crate) fn with_attributes(mut self, attributes: &Attributes) -> Route {
         let get = |key: &str| attributes.get(key).cloned();
         self.node = get("k8s.node.name");
         self.namespace = get("k8s.namespace.name");
