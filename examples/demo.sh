@@ -4,12 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bash scripts/deps.sh
 remote=/lib/systemd/systemd-journal-remote
 [ -x "$remote" ] || remote=/usr/lib/systemd/systemd-journal-remote
-if [ ! -x "$remote" ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq systemd-journal-remote >/dev/null
-fi
 
 cargo build --release --locked --quiet
 work=$(mktemp -d)
