@@ -214,6 +214,9 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             .with_context(|| format!("cannot open input {}", source.label()))
             .map_err(usage)?;
     }
+    for sink in &settings.sinks {
+        sink.check().with_context(|| format!("output {}", sink.label())).map_err(usage)?;
+    }
 
     let tagger = Arc::new(Tagger {
         rules: rules.clone(),
@@ -273,6 +276,16 @@ fn check(args: ConfigArgs) -> Result<(), Failure> {
     let mut rules_dir = args.rules.clone();
     match PipelineConfig::load(args.config.as_deref()).map(Settings::from_config) {
         Ok(Ok(settings)) => {
+            for source in &settings.sources {
+                if let Err(e) = source.check() {
+                    problems.push(format!("input {}: {e}", source.label()));
+                }
+            }
+            for sink in &settings.sinks {
+                if let Err(e) = sink.check() {
+                    problems.push(format!("output {}: {e}", sink.label()));
+                }
+            }
             rules_dir = rules_dir.or(settings.rules_dir);
         }
         Ok(Err(e)) => problems.push(e.to_string()),

@@ -737,3 +737,38 @@ fn a_broker_away_at_start_and_mid_stream_is_waited_for() {
     assert!(waiting.len() <= 6, "logged per outage, not per record: {}", waiting.len());
     assert!(!messages(&logs, "kafka: brokers reachable again").is_empty());
 }
+
+#[test]
+fn kafka_settings_are_checked_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    let table = |property: &str| {
+        format!(
+            "[sources.topics]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = [\"journal\"]\n\
+             group = \"g\"\n[sources.topics.properties]\n\"fetch.wait.max.ms\" = \"20\"\n\
+             [sinks.errors]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9\"\n\
+             topic = \"kube-errors.{{category}}\"\n[sinks.errors.properties]\n{property}\n"
+        )
+    };
+    std::fs::write(&config, table("\"linger.ms\" = \"10\"")).unwrap();
+    let output = kubetag_tool().args(["check", "--config"]).arg(&config).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    std::fs::write(&config, table("\"lingr.ms\" = \"10\"")).unwrap();
+    let output = kubetag_tool().args(["check", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("lingr.ms"));
+
+    let bad = [
+        ("--input", "kafka://127.0.0.1:9/journal", "group"),
+        ("--input", "kafka://127.0.0.1:9/journal?group=g&until_end=maybe", "until_end"),
+        ("--output", "kafka://127.0.0.1:9/kube-errors.{categroy}", "unknown field"),
+        ("--output", "kafka://nowhere/t", "HOST:PORT"),
+    ];
+    for (flag, url, says) in bad {
+        let output = kubetag().args([flag, url]).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{url}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{url}: {stderr}");
+    }
+}

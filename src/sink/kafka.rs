@@ -78,7 +78,9 @@ impl KafkaSinkConfig {
         format!("kafka://{}/{}", self.brokers, self.topic.text)
     }
 
-    fn producer(&self, stats: Arc<Delivered>) -> io::Result<BaseProducer<Context>> {
+    /// The producer, made before the sink's thread starts so that a bad property stops
+    /// the run before anything is read.
+    pub(crate) fn producer(&self) -> io::Result<KafkaProducer> {
         let defaults = [
             // Bounded memory: a full queue pushes back instead of growing.
             ("queue.buffering.max.messages", "20000"),
@@ -88,10 +90,11 @@ impl KafkaSinkConfig {
             ("acks", "all"),
         ];
         let config = client_config(&self.brokers, &defaults, &self.properties);
+        let stats = Arc::new(Delivered::default());
         let context = Context { outage: Outage::new("producer"), stats, retries: Mutex::default() };
-        config
-            .create_with_context(context)
-            .map_err(|e| io::Error::other(format!("kafka output {}: {e}", self.label())))
+        let producer =
+            config.create_with_context(context).map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(KafkaProducer(producer))
     }
 }
 
@@ -163,6 +166,9 @@ impl Template {
         out.truncate(249);
     }
 }
+
+/// A sink's producer, ready to run.
+pub(crate) struct KafkaProducer(BaseProducer<Context>);
 
 /// What the producer did, for the logs and the end of the run.
 #[derive(Default)]
@@ -253,9 +259,12 @@ fn passing(error: &KafkaError) -> bool {
 const RESEND_PAUSE: Duration = Duration::from_secs(1);
 
 /// Produces every batch from the queue until it closes, then waits for the deliveries.
-pub(crate) fn run(config: KafkaSinkConfig, batches: flume::Receiver<Batch>) -> io::Result<()> {
-    let stats = Arc::new(Delivered::default());
-    let producer = config.producer(stats.clone())?;
+pub(crate) fn run(
+    config: KafkaSinkConfig,
+    KafkaProducer(producer): KafkaProducer,
+    batches: flume::Receiver<Batch>,
+) -> io::Result<()> {
+    let stats = producer.context().stats.clone();
     let mut sink = Producing { config: &config, producer: &producer, topic: String::new() };
     let mut last_resend = Instant::now();
     loop {

@@ -60,6 +60,14 @@ impl SinkConfig {
         Ok(SinkConfig::File { path: url.into() })
     }
 
+    /// Checks what can be checked before a run: a Kafka sink's properties.
+    pub(crate) fn check(&self) -> io::Result<()> {
+        match self {
+            SinkConfig::Kafka(config) => config.producer().map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the sink needs each record's facts ([`Routed`]) beside its bytes.
     pub(crate) fn routes(&self) -> bool {
         matches!(self, SinkConfig::Kafka(_))
@@ -96,8 +104,8 @@ impl SinkConfig {
                 Box::new(move || http::run(client, batches))
             }
             SinkConfig::Kafka(config) => {
-                let config = config.clone();
-                Box::new(move || kafka::run(config, batches))
+                let (config, producer) = (config.clone(), config.producer()?);
+                Box::new(move || kafka::run(config, producer, batches))
             }
         })
     }

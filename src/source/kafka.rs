@@ -99,9 +99,7 @@ impl KafkaConfig {
         ];
         let config = client_config(&self.brokers, &defaults, &self.properties);
         let context = Context { outage: Outage::new("consumer"), shared: Arc::default() };
-        config
-            .create_with_context(context)
-            .map_err(|e| io::Error::other(format!("kafka input {}: {e}", self.label())))
+        config.create_with_context(context).map_err(|e| io::Error::other(e.to_string()))
     }
 }
 
@@ -216,9 +214,7 @@ impl KafkaSource {
     pub(crate) fn new(config: &KafkaConfig, max_record_bytes: usize) -> io::Result<KafkaSource> {
         let consumer = Arc::new(config.consumer()?);
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| io::Error::other(format!("kafka input {}: {e}", config.label())))?;
+        consumer.subscribe(&topics).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(KafkaSource { config: config.clone(), consumer, max_record_bytes })
     }
 
