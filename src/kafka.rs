@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, ClientContext};
 
 /// The parts of `kafka://HOST:PORT[,HOST:PORT]/PATH?KEY=VALUE&...`.
@@ -80,6 +80,12 @@ impl Outage {
 
     /// An error from the client or its brokers.
     pub(crate) fn error(&self, error: &KafkaError, reason: &str) {
+        // Reaching a partition's end is news, not trouble.
+        if let KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_) =
+            error
+        {
+            return;
+        }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.errors += 1;
         let now = Instant::now();

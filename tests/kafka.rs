@@ -772,3 +772,68 @@ fn kafka_settings_are_checked_before_anything_runs() {
         assert!(stderr.contains(says), "{url}: {stderr}");
     }
 }
+
+/// A file sink writing into a pipe nobody reads for longer than the group's poll interval:
+/// the source pauses its partitions and keeps polling, so it stays in the group, and
+/// everything arrives once the pipe is read. On the mock cluster: tansu 0.6 returns nothing
+/// to a fetch that starts inside a record batch, which is where a paused partition resumes.
+#[test]
+fn a_stalled_sink_pauses_the_partitions_and_the_member_stays_in_its_group() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let servers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, group) = (unique("journal"), unique("group"));
+    cluster.create_topic(&input, 2, 1).unwrap();
+    let lines = journal_lines(dir.path(), 3000);
+    produce(&servers, &input, 2, &lines);
+
+    let fifo = dir.path().join("out.pipe");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let stall = Duration::from_secs(12);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut pipe = std::fs::File::open(&fifo).unwrap();
+            std::thread::sleep(stall);
+            let mut out = Vec::new();
+            pipe.read_to_end(&mut out).unwrap();
+            out
+        })
+    };
+    let properties = "max.poll.interval.ms=7000&session.timeout.ms=6000&heartbeat.interval.ms=500";
+    let args = vec![
+        "--input".into(),
+        format!(
+            "kafka://{servers}/{input}?group={group}&until_end=true&batch_records=50&{properties}"
+        ),
+        "--output".into(),
+        format!("file:{}", fifo.display()),
+        "--unmatched".into(),
+        "pass".into(),
+        "--threads".into(),
+        "1".into(),
+    ];
+    let started = Instant::now();
+    let (mut child, logs) = start(&args);
+    assert!(
+        wait_exit(&mut child, Duration::from_secs(90)).success(),
+        "{:#?}",
+        logs.lock().unwrap()
+    );
+    assert!(started.elapsed() >= stall, "the sink was stalled");
+    let out = reader.join().unwrap();
+
+    let got: Vec<String> = lines_of(&out)
+        .iter()
+        .map(|r| r["__REALTIME_TIMESTAMP"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = lines.iter().map(|l| timestamp(l)).collect();
+    let (mut sorted_got, mut sorted_want) = (got.clone(), want.clone());
+    sorted_got.sort();
+    sorted_want.sort();
+    assert_eq!(sorted_got, sorted_want, "every record once, none repeated");
+    // One assignment, and the one revocation is the member leaving at the end.
+    let moves = |m: &str| messages(&logs, m).len();
+    assert_eq!(moves("kafka: partitions assigned"), 1, "the member kept its partitions");
+    assert_eq!(moves("kafka: partitions revoked"), 1);
+}

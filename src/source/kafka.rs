@@ -209,6 +209,7 @@ pub(crate) struct KafkaSource {
 /// How long a frame is offered before the partitions are paused.
 const OFFER_WAIT: Duration = Duration::from_millis(100);
 const POLL_WAIT: Duration = Duration::from_millis(100);
+const SEEK_WAIT: Duration = Duration::from_secs(5);
 
 impl KafkaSource {
     pub(crate) fn new(config: &KafkaConfig, max_record_bytes: usize) -> io::Result<KafkaSource> {
@@ -371,9 +372,18 @@ impl Reader {
     fn resume(&mut self) {
         let Some(since) = self.paused.take() else { return };
         let consumer = &self.source.consumer;
-        if let Ok(assigned) = consumer.assignment() {
-            if let Err(e) = consumer.resume(&assigned) {
-                tracing::warn!(error = %e, "kafka: cannot resume partitions");
+        let Ok(assigned) = consumer.assignment() else { return };
+        if let Err(e) = consumer.resume(&assigned) {
+            tracing::warn!(error = %e, "kafka: cannot resume partitions");
+        }
+        // Pausing drops what librdkafka had fetched ahead; fetching goes on right after
+        // the last message read here, neither skipping nor repeating any.
+        for element in assigned.elements() {
+            let key = (Arc::from(element.topic()), element.partition());
+            let Some(&offset) = self.latest.get(&key) else { continue };
+            let next = Offset::Offset(offset + 1);
+            if let Err(e) = consumer.seek(element.topic(), element.partition(), next, SEEK_WAIT) {
+                tracing::warn!(error = %e, "kafka: cannot seek after a pause");
             }
         }
         tracing::debug!(ms = since.elapsed().as_millis() as u64, "kafka: partitions resumed");
