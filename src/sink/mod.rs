@@ -101,6 +101,7 @@ pub(crate) fn append(path: &PathBuf) -> io::Result<File> {
 pub(crate) struct Output {
     pub(crate) bytes: Vec<u8>,
     /// Each line's end and facts, when a sink or stage asked for them; else empty.
+    #[allow(dead_code)] // read by sinks that route by record; none is built yet
     pub(crate) records: Vec<Routed>,
     pub(crate) ack: Option<Ack>,
 }
