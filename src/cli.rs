@@ -227,7 +227,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         .context("cannot start the pipeline")
         .map_err(Failure::Runtime)?;
 
-    let report = finished.counts.report(&rules);
+    let report = finished.counts.report();
     tracing::info!(
         records = report.records_read,
         tagged = report.tagged,

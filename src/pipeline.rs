@@ -284,6 +284,7 @@ fn process(worker: &mut Worker, frame: Frame, max_line_bytes: usize) -> Done {
             }
         }
     }
+    done.counts.name_rules(worker.rules());
     done
 }
 

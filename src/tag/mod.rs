@@ -74,6 +74,11 @@ impl Worker {
         Worker { tagger, fields, message, matches, routes: false, route: None, close: 0 }
     }
 
+    /// The rules the worker tags with now.
+    pub(crate) fn rules(&self) -> &RuleSet {
+        &self.tagger.rules
+    }
+
     /// A worker that also describes every record it forwards, for sinks that route by it.
     pub(crate) fn with_routes(tagger: Arc<Tagger>) -> Worker {
         Worker { routes: true, ..Worker::new(tagger) }
