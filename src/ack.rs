@@ -80,6 +80,12 @@ impl Progress {
         }
     }
 
+    /// Whether every frame handed out has settled and none failed.
+    pub(crate) fn settled(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.open.is_empty() && !state.stuck
+    }
+
     /// The position after which everything is delivered, if any frame settled yet.
     pub(crate) fn committed(&self) -> Option<String> {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).committed.clone()

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use crate::ack::Ack;
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetter, Reject};
+use crate::metrics::Metrics;
 use crate::record::Malformed;
 use crate::sink::{Batch, Output, Sink, SinkConfig};
 use crate::source::journal::{Checkpoint, JournalSource};
@@ -70,8 +71,14 @@ impl Stop {
     }
 }
 
-/// Runs the pipeline until every source ends, the last sink closes, or `stop` is asked.
-pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<Finished> {
+/// Runs the pipeline until every source ends, the last sink closes, or `stop` is asked;
+/// progress goes to `metrics`.
+pub fn run(
+    settings: &Settings,
+    tagger: Arc<Tagger>,
+    stop: Stop,
+    metrics: Metrics,
+) -> io::Result<Finished> {
     let threads = settings.threads.max(1);
     let (jobs, job_queue) = flume::bounded::<Job>(threads * 2);
     let (pending, pending_queue) = flume::bounded::<Pending>(threads * 4);
@@ -90,8 +97,8 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
     drop(job_queue);
 
     let mut sinks = Vec::new();
-    for config in &settings.sinks {
-        sinks.push(Sink::start(config, settings.queue_batches)?);
+    for (index, config) in settings.sinks.iter().enumerate() {
+        sinks.push(Sink::start(config, settings.queue_batches, metrics.sink(index))?);
     }
     let dead_letter = settings.dead_letter.as_ref().map(DeadLetter::open).transpose()?;
 
@@ -106,6 +113,7 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
             SourceConfig::Journal(journal) => {
                 let source = JournalSource::new(journal, settings.max_line_bytes)?;
                 checkpoints.push(source.checkpoint());
+                metrics.checkpoint(&settings.source_names[index], source.checkpoint());
                 let thread = std::thread::Builder::new().name("source journal".into());
                 let stop = stop.clone();
                 readers.push(thread.spawn(move || source.run(feed, stop))?);
@@ -132,7 +140,10 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
 
     let mut collector =
         Collector::new(labels, sinks, dead_letter, stop.clone(), settings.shutdown_timeout);
+    collector.metrics = Some(metrics.clone());
+    metrics.running(true);
     collector.collect(&pending_queue, &stop);
+    metrics.running(false);
     drop(pending_queue);
     if stop.requested() {
         // Readers may be blocked in a read that will never return, holding the workers'
@@ -354,6 +365,7 @@ struct Collector {
     shutdown_timeout: Duration,
     /// When this collector first saw the stop.
     stopping_since: Option<Instant>,
+    metrics: Option<Metrics>,
 }
 
 impl Collector {
@@ -379,6 +391,7 @@ impl Collector {
             stop,
             shutdown_timeout,
             stopping_since,
+            metrics: None,
         }
     }
 
@@ -414,6 +427,10 @@ impl Collector {
             self.dead_letter(pending.source, base + reject.offset + 1, reject);
         }
         self.counts.add(&done.counts);
+        if let Some(metrics) = &self.metrics {
+            metrics.read(pending.source, &done.counts);
+            metrics.totals(&self.counts);
+        }
         if done.out.is_empty() {
             // Nothing to deliver: the frame settles as its ack drops here.
             return true;
@@ -426,6 +443,8 @@ impl Collector {
                 Offer::Taken => self.sinks.push(sink),
                 Offer::Gone => {
                     batch.fail();
+                    tracing::warn!(sink = %sink.label, "sink takes no more batches");
+                    sink.counters.down();
                     self.dead_sinks.push(sink);
                 }
             }
@@ -475,6 +494,9 @@ impl Collector {
     }
 
     fn finish(mut self) -> Finished {
+        if let Some(metrics) = &self.metrics {
+            metrics.totals(&self.counts);
+        }
         self.logged.flush();
         if let Some(dead_letter) = &mut self.dead_letter {
             if let Err(e) = dead_letter.flush() {

@@ -1,10 +1,11 @@
 //! SIGINT and SIGTERM: the first asks the pipeline to stop reading and drain; a second
 //! exits at once.
 
+use crate::metrics::Metrics;
 use crate::pipeline::Stop;
 
 /// Watches for the signals on a thread of its own for the rest of the process.
-pub(crate) fn watch(stop: Stop) {
+pub(crate) fn watch(stop: Stop, metrics: Metrics) {
     let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
@@ -24,6 +25,7 @@ pub(crate) fn watch(stop: Stop) {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
             // Stop first: logging can fail (a closed stderr) and must not keep the stop back.
             stop.request();
+            metrics.running(false);
             tracing::info!("draining");
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
             tracing::warn!("second signal, exiting now");

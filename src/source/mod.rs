@@ -62,6 +62,16 @@ impl SourceConfig {
         Ok(SourceConfig::File { path: url.into() })
     }
 
+    /// The `type` of the source's table.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Stdin => "stdin",
+            SourceConfig::File { .. } => "file",
+            SourceConfig::Journal(_) => "journal",
+            SourceConfig::Tcp(_) => "tcp",
+        }
+    }
+
     /// A name for logs and dead-letter records.
     pub fn label(&self) -> String {
         match self {
