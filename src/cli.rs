@@ -16,7 +16,7 @@ use crate::rules_tool;
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
 use crate::tag::ruleset::RuleSet;
-use crate::tag::{Tagger, Unmatched};
+use crate::tag::{Tagger, TaggerSlot, Unmatched};
 
 /// Exit codes: 0 ok, 1 runtime failure, 2 bad usage, configuration or rules.
 pub enum Failure {
@@ -225,11 +225,11 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             .map_err(usage)?;
     }
 
-    let tagger = Arc::new(Tagger {
+    let tagger = TaggerSlot::new(Arc::new(Tagger {
         rules: rules.clone(),
         shape: settings.shape.clone(),
         unmatched: settings.unmatched,
-    });
+    }));
     let metrics = Metrics::new(&settings.source_names, &settings.sink_names);
     metrics.rules_loaded(rules.rules().len());
     if let Some(address) = &settings.metrics.address {
@@ -238,7 +238,8 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::Runtime(e.into()))?;
     }
     let stop = Stop::default();
-    crate::signals::watch(stop.clone(), metrics.clone());
+    let reload = reloader(tagger.clone(), settings.rules_dir.clone(), metrics.clone());
+    crate::signals::watch(stop.clone(), metrics.clone(), reload);
     tracing::info!(threads = settings.threads, sources = settings.sources.len(), "started");
     let finished = pipeline::run(&settings, tagger, stop, metrics)
         .context("cannot start the pipeline")
@@ -267,6 +268,29 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     match finished.failures.first() {
         None => Ok(()),
         Some(first) => Err(Failure::Runtime(anyhow!("{first}"))),
+    }
+}
+
+/// What SIGHUP does: the rules are read again from where they were read at the start, and
+/// swapped in only if every one of them loads.
+fn reloader(
+    tagger: TaggerSlot,
+    dir: Option<PathBuf>,
+    metrics: Metrics,
+) -> impl FnMut() + Send + 'static {
+    move || match tagger.reload(dir.as_deref()) {
+        Ok(rules) => {
+            metrics.reloaded(true);
+            metrics.rules_loaded(rules.rules().len());
+            let (n, patterns) = (rules.rules().len(), rules.patterns().len());
+            let generation = tagger.generation();
+            tracing::info!(rules = n, patterns, generation, "rules reloaded");
+        }
+        Err(errors) => {
+            metrics.reloaded(false);
+            let problems = errors.0.len();
+            tracing::error!(problems, error = %errors, "new rules refused, the old ones go on");
+        }
     }
 }
 

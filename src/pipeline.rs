@@ -24,7 +24,7 @@ use crate::source::tcp::TcpSource;
 use crate::source::SourceConfig;
 use crate::stats::Counts;
 use crate::tag::route::Routed;
-use crate::tag::{Outcome, Tagger, Worker};
+use crate::tag::{Outcome, TaggerSlot, Worker};
 
 /// A frame on its way to a worker, with where to send the result.
 struct Job {
@@ -71,11 +71,11 @@ impl Stop {
     }
 }
 
-/// Runs the pipeline until every source ends, the last sink closes, or `stop` is asked;
-/// progress goes to `metrics`.
+/// Runs the pipeline until every source ends, the last sink closes, or `stop` is asked.
+/// Workers take up whatever tagger a reload puts in `tagger`; progress goes to `metrics`.
 pub fn run(
     settings: &Settings,
-    tagger: Arc<Tagger>,
+    tagger: TaggerSlot,
     stop: Stop,
     metrics: Metrics,
 ) -> io::Result<Finished> {
@@ -87,11 +87,12 @@ pub fn run(
     let workers: Vec<_> = (0..threads)
         .map(|i| {
             let worker = if routes {
-                Worker::with_routes(tagger.clone())
+                Worker::with_routes(tagger.current())
             } else {
-                Worker::new(tagger.clone())
+                Worker::new(tagger.current())
             };
-            spawn_worker(i, job_queue.clone(), worker, settings.max_line_bytes)
+            let slot = tagger.clone();
+            spawn_worker(i, job_queue.clone(), (worker, slot), settings.max_line_bytes)
         })
         .collect::<io::Result<_>>()?;
     drop(job_queue);
@@ -266,11 +267,13 @@ fn read_lines(
 fn spawn_worker(
     index: usize,
     jobs: flume::Receiver<Job>,
-    mut worker: Worker,
+    (mut worker, slot): (Worker, TaggerSlot),
     max_line_bytes: usize,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("tag {index}")).spawn(move || {
         while let Ok(job) = jobs.recv() {
+            // Between frames: a frame is tagged by one rule set, old or new.
+            worker.refresh(&slot);
             let mut done = process(&mut worker, job.frame, max_line_bytes);
             done.ack = job.ack;
             let _ = job.reply.send(done);

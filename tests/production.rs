@@ -1,10 +1,11 @@
 //! kubetag run as a service: metrics and probes scraped over loopback, the metrics
-//! server's limits, and stopping on signals.
+//! server's limits, reload on SIGHUP, and stopping on signals.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
@@ -278,6 +279,88 @@ fn connections_over_the_cap_wait_for_a_free_one() {
     // Served only once the idle peer's slot was free.
     assert!(started.elapsed() >= Duration::from_millis(500), "{:?}", started.elapsed());
     service.finish();
+}
+
+/// A rule file with one rule, `test.NAME`, tagging messages that hold `pattern`.
+fn rule_file(name: &str, pattern: &str) -> String {
+    format!(
+        "# test rules\n\n[[rule]]\nid = \"test.{name}\"\ncategory = \"image_pull\"\n\
+         severity = \"error\"\npatterns = [\"{pattern}\"]\nsummary = \"{name}\"\n"
+    )
+}
+
+fn write_rules(dir: &Path, text: &str) {
+    std::fs::write(dir.join("test.toml"), text).unwrap();
+}
+
+#[test]
+fn sighup_swaps_in_good_rules_and_refuses_broken_ones() {
+    let rules = tempfile::tempdir().unwrap();
+    write_rules(
+        rules.path(),
+        &(rule_file("alpha", "alpha failed")
+            + &rule_file("beta", "beta failed").replace("# test rules\n", "")),
+    );
+    let mut service = Service::start("", &["--rules", rules.path().to_str().unwrap()]);
+    let rules_loaded = "kubetag_rules_loaded";
+
+    service.send(&record(1, "alpha failed here"));
+    assert_eq!(service.next()["kubetag"]["rule"], "test.alpha");
+
+    // A good set: gamma added, alpha gone.
+    let good = rule_file("beta", "beta failed")
+        + &rule_file("gamma", "gamma failed").replace("# test rules\n", "");
+    write_rules(rules.path(), &good);
+    service.signal("HUP");
+    let log = service.wait_for_log("rules reloaded");
+    assert_eq!(log["fields"]["rules"], 2);
+    service.send(&(record(2, "alpha failed here") + &record(3, "gamma failed here")));
+    assert_eq!(service.next()["kubetag"]["rule"], "test.gamma", "alpha no longer tags");
+
+    // A broken set: refused, named in the log, and the last good one goes on.
+    write_rules(rules.path(), "[[rule]]\nid = \"test.broken\"\ncategory = \"nonsense\"\n");
+    service.signal("HUP");
+    let log = service.wait_for_log("new rules refused, the old ones go on");
+    assert_eq!(log["level"], "ERROR");
+    assert!(log["fields"]["error"].as_str().unwrap().contains("test.toml"), "{log}");
+    service.send(&record(4, "gamma failed again"));
+    assert_eq!(service.next()["kubetag"]["rule"], "test.gamma");
+
+    let metrics = get(&service.address, "/metrics").1;
+    assert_eq!(sample(&metrics, rules_loaded), Some(2.0));
+    assert_eq!(sample(&metrics, "kubetag_rules_reloads_total{result=\"ok\"}"), Some(1.0));
+    assert_eq!(sample(&metrics, "kubetag_rules_reloads_total{result=\"refused\"}"), Some(1.0));
+    assert_eq!(get(&service.address, "/readyz").0, 200);
+
+    let (stats, _) = service.finish();
+    assert_eq!(stats["tagged_by_rule"], json!({"test.alpha": 1, "test.gamma": 2}));
+}
+
+#[test]
+fn reloads_under_load_lose_no_record() {
+    let rules = tempfile::tempdir().unwrap();
+    write_rules(rules.path(), &rule_file("pull", "PullImage"));
+    let mut service = Service::start("", &["--rules", rules.path().to_str().unwrap()]);
+    let mut stdin = service.stdin.take().unwrap();
+    const RECORDS: u64 = 20_000;
+    let feeder = std::thread::spawn(move || {
+        for seq in 0..RECORDS {
+            stdin.write_all(record(seq, PULL).as_bytes()).unwrap();
+        }
+    });
+    for round in 0..5 {
+        // The same rule under another name each time, so each swap is a new set.
+        write_rules(rules.path(), &rule_file(&format!("pull{round}"), "PullImage"));
+        service.signal("HUP");
+        service.wait_for_log("rules reloaded");
+    }
+    feeder.join().unwrap();
+    let (stats, _) = service.finish();
+    assert_eq!(stats["records_read"], RECORDS);
+    assert_eq!(stats["tagged"], RECORDS, "{stats}");
+    assert_eq!(stats["forwarded"], RECORDS);
+    let by_rule = stats["tagged_by_rule"].as_object().unwrap();
+    assert_eq!(by_rule.values().map(|n| n.as_u64().unwrap()).sum::<u64>(), RECORDS);
 }
 
 #[test]

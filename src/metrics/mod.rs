@@ -44,6 +44,8 @@ struct SourceCounters {
 struct RulesState {
     /// Rules of the set in use; 0 until one is loaded.
     loaded: usize,
+    reloads: u64,
+    refused: u64,
 }
 
 /// One sink's delivery counters, kept by the sink's own thread.
@@ -160,6 +162,16 @@ impl Metrics {
         lock(&self.0.rules).loaded = rules;
     }
 
+    /// A reload on SIGHUP took a new rule set (`true`) or refused a broken one.
+    pub(crate) fn reloaded(&self, ok: bool) {
+        let mut rules = lock(&self.0.rules);
+        if ok {
+            rules.reloads += 1;
+        } else {
+            rules.refused += 1;
+        }
+    }
+
     /// The pipeline takes records (`true`) or has begun to stop.
     pub(crate) fn running(&self, running: bool) {
         self.0.running.store(running, Ordering::SeqCst);
@@ -266,6 +278,9 @@ impl Metrics {
         let rules = lock(&self.0.rules);
         text.family("kubetag_rules_loaded", "gauge", "Rules in the set in use.");
         text.sample("kubetag_rules_loaded", &[], rules.loaded);
+        text.family("kubetag_rules_reloads_total", "counter", "Reloads on SIGHUP, by result.");
+        text.sample("kubetag_rules_reloads_total", &[("result", "ok")], rules.reloads);
+        text.sample("kubetag_rules_reloads_total", &[("result", "refused")], rules.refused);
         text.family("kubetag_ready", "gauge", "1 while /readyz answers 200.");
         drop(rules);
         text.sample("kubetag_ready", &[], u64::from(self.ready().is_ok()));
