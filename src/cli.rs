@@ -252,6 +252,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         unmatched = report.unmatched,
         malformed = report.malformed,
         forwarded = report.forwarded,
+        deduplicated = report.deduplicated,
         dead_lettered = report.dead_lettered,
         "stopped"
     );

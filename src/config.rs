@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::dedupe::DedupeConfig;
 use crate::metrics::server::MetricsConfig;
 use crate::record::{Shape, ShapeConfig};
 use crate::sink::SinkConfig;
@@ -32,6 +33,8 @@ pub struct PipelineConfig {
     pub dead_letter: DeadLetterConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub dedupe: DedupeConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +134,7 @@ impl PipelineConfig {
                 "run" => check::<RunConfig>(value),
                 "dead_letter" => check::<DeadLetterConfig>(value),
                 "metrics" => check::<MetricsConfig>(value),
+                "dedupe" => check::<DedupeConfig>(value),
                 "sources" => entries::<SourceConfig>(value, &name),
                 "sinks" => entries::<SinkConfig>(value, &name),
                 _ => Some("unknown table".into()),
@@ -210,6 +214,7 @@ pub struct Settings {
     pub checkpoint_interval: std::time::Duration,
     pub shutdown_timeout: std::time::Duration,
     pub metrics: MetricsConfig,
+    pub dedupe: DedupeConfig,
 }
 
 impl Settings {
@@ -232,6 +237,7 @@ impl Settings {
         if sinks.is_empty() {
             (sink_names, sinks) = (vec!["stdout".into()], vec![SinkConfig::Stdout]);
         }
+        config.dedupe.check().map_err(|message| ConfigError::Value { key: "dedupe", message })?;
         let checkpoint_ms = sources
             .iter()
             .filter_map(|s| match s {
@@ -266,6 +272,7 @@ impl Settings {
             checkpoint_interval: std::time::Duration::from_millis(checkpoint_ms.max(10)),
             shutdown_timeout: std::time::Duration::from_secs(config.run.shutdown_timeout_secs),
             metrics: config.metrics,
+            dedupe: config.dedupe,
         })
     }
 }

@@ -10,6 +10,7 @@ mod ack;
 pub mod cli;
 pub mod config;
 mod dead_letter;
+pub(crate) mod dedupe;
 pub mod metrics;
 pub mod pipeline;
 pub(crate) mod record;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use crate::ack::Ack;
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetter, Reject};
+use crate::dedupe::{Dedupe, Lines};
 use crate::metrics::Metrics;
 use crate::record::Malformed;
 use crate::sink::{Batch, Output, Sink, SinkConfig};
@@ -83,7 +84,7 @@ pub fn run(
     let (jobs, job_queue) = flume::bounded::<Job>(threads * 2);
     let (pending, pending_queue) = flume::bounded::<Pending>(threads * 4);
 
-    let routes = settings.sinks.iter().any(SinkConfig::routes);
+    let routes = settings.sinks.iter().any(SinkConfig::routes) || settings.dedupe.enabled();
     let workers: Vec<_> = (0..threads)
         .map(|i| {
             let worker = if routes {
@@ -141,6 +142,7 @@ pub fn run(
 
     let mut collector =
         Collector::new(labels, sinks, dead_letter, stop.clone(), settings.shutdown_timeout);
+    collector.dedupe = Dedupe::new(&settings.dedupe);
     collector.metrics = Some(metrics.clone());
     metrics.running(true);
     collector.collect(&pending_queue, &stop);
@@ -368,6 +370,7 @@ struct Collector {
     shutdown_timeout: Duration,
     /// When this collector first saw the stop.
     stopping_since: Option<Instant>,
+    dedupe: Option<Dedupe>,
     metrics: Option<Metrics>,
 }
 
@@ -394,12 +397,16 @@ impl Collector {
             stop,
             shutdown_timeout,
             stopping_since,
+            dedupe: None,
             metrics: None,
         }
     }
 
     fn collect(&mut self, queue: &flume::Receiver<Pending>, stop: &Stop) {
         loop {
+            if !self.summarise(Some(Instant::now())) {
+                return;
+            }
             let pending = match queue.recv_timeout(Duration::from_millis(100)) {
                 Ok(pending) => pending,
                 Err(flume::RecvTimeoutError::Timeout) if stop.requested() => break,
@@ -420,7 +427,7 @@ impl Collector {
 
     /// Handles one result; false once no sink is left to take output.
     fn take(&mut self, pending: Pending) -> bool {
-        let Ok(done) = pending.reply.recv() else {
+        let Ok(mut done) = pending.reply.recv() else {
             self.failures.push("a tagging worker stopped".into());
             return false;
         };
@@ -429,17 +436,42 @@ impl Collector {
         for reject in &done.rejects {
             self.dead_letter(pending.source, base + reject.offset + 1, reject);
         }
+        let mut lines = Lines { bytes: done.out, records: done.records };
+        if let Some(dedupe) = &mut self.dedupe {
+            // A repeat held back is dropped on purpose: its frame may settle without it.
+            dedupe.batch(&mut lines, &mut done.counts, Instant::now());
+        }
         self.counts.add(&done.counts);
         if let Some(metrics) = &self.metrics {
             metrics.read(pending.source, &done.counts);
             metrics.totals(&self.counts);
         }
-        if done.out.is_empty() {
+        if lines.bytes.is_empty() {
             // Nothing to deliver: the frame settles as its ack drops here.
             return true;
         }
-        let batch: Batch =
-            Arc::new(Output { bytes: done.out, records: done.records, ack: done.ack });
+        self.deliver(Output { bytes: lines.bytes, records: lines.records, ack: done.ack })
+    }
+
+    /// Writes the summaries of the dedupe windows closed by `now` (all with `None`); false
+    /// once no sink is left. They carry no ack: the records they stand for settled when
+    /// they were held back, so a summary never holds a checkpoint back.
+    fn summarise(&mut self, now: Option<Instant>) -> bool {
+        let Some(dedupe) = &mut self.dedupe else { return true };
+        let lines = dedupe.expire(now);
+        if lines.bytes.is_empty() {
+            return true;
+        }
+        self.counts.summaries += lines.records.len() as u64;
+        if let Some(metrics) = &self.metrics {
+            metrics.totals(&self.counts);
+        }
+        self.deliver(Output { bytes: lines.bytes, records: lines.records, ack: None })
+    }
+
+    /// Hands one batch to every sink; false once no sink is left to take output.
+    fn deliver(&mut self, output: Output) -> bool {
+        let batch: Batch = Arc::new(output);
         let sinks = std::mem::take(&mut self.sinks);
         for sink in sinks {
             match self.offer(&sink, &batch) {
@@ -497,6 +529,7 @@ impl Collector {
     }
 
     fn finish(mut self) -> Finished {
+        self.summarise(None);
         if let Some(metrics) = &self.metrics {
             metrics.totals(&self.counts);
         }

@@ -1,5 +1,6 @@
 //! Counters of what a run did with the records it read. They add up: every record read is
-//! tagged, unmatched or malformed.
+//! tagged, unmatched or malformed; every one forwarded or passed is either written or
+//! deduplicated, and the dedupe stage's summaries are written beside them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,7 +28,12 @@ pub struct Counts {
     pub omitted_messages: u64,
     pub malformed: [u64; Malformed::ALL.len()],
     pub dead_lettered: u64,
+    /// Records written to the sinks; a deduplicated one is not.
     pub forwarded: u64,
+    /// Repeats the dedupe stage held back.
+    pub deduplicated: u64,
+    /// Summary records the dedupe stage wrote for them.
+    pub summaries: u64,
 }
 
 impl Counts {
@@ -73,6 +79,8 @@ impl Counts {
         }
         self.dead_lettered += other.dead_lettered;
         self.forwarded += other.forwarded;
+        self.deduplicated += other.deduplicated;
+        self.summaries += other.summaries;
     }
 
     /// The counters as the stats file holds them.
@@ -101,6 +109,8 @@ impl Counts {
             ),
             dead_lettered: self.dead_lettered,
             forwarded: self.forwarded,
+            deduplicated: self.deduplicated,
+            summaries: self.summaries,
         }
     }
 }
@@ -119,6 +129,8 @@ pub struct Report {
     pub malformed_by_reason: BTreeMap<String, u64>,
     pub dead_lettered: u64,
     pub forwarded: u64,
+    pub deduplicated: u64,
+    pub summaries: u64,
 }
 
 impl Report {
@@ -130,6 +142,10 @@ impl Report {
         );
         if self.dead_lettered > 0 {
             let _ = write!(text, ", {} dead-lettered", self.dead_lettered);
+        }
+        if self.deduplicated > 0 {
+            let (repeats, summaries) = (self.deduplicated, self.summaries);
+            let _ = write!(text, ", {repeats} repeats deduplicated into {summaries} summaries");
         }
         let list = |map: &BTreeMap<String, u64>| {
             map.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")

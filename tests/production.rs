@@ -1,5 +1,5 @@
 //! kubetag run as a service: metrics and probes scraped over loopback, the metrics
-//! server's limits, reload on SIGHUP, and stopping on signals.
+//! server's limits, reload on SIGHUP, burst control, and stopping on signals.
 
 mod common;
 
@@ -191,6 +191,7 @@ fn metrics_count_a_known_input() {
         ("kubetag_records_malformed_total{reason=\"syntax\"}".into(), 1.0),
         ("kubetag_records_malformed_total{reason=\"no_message\"}".into(), 1.0),
         ("kubetag_records_forwarded_total".into(), 3.0),
+        ("kubetag_records_deduplicated_total".into(), 0.0),
         ("kubetag_sink_records_failed_total{sink=\"stdout\"}".into(), 0.0),
         ("kubetag_sink_queue_batches{sink=\"stdout\"}".into(), 0.0),
         ("kubetag_sink_up{sink=\"stdout\"}".into(), 1.0),
@@ -361,6 +362,58 @@ fn reloads_under_load_lose_no_record() {
     assert_eq!(stats["forwarded"], RECORDS);
     let by_rule = stats["tagged_by_rule"].as_object().unwrap();
     assert_eq!(by_rule.values().map(|n| n.as_u64().unwrap()).sum::<u64>(), RECORDS);
+}
+
+#[test]
+fn repeats_are_summarised_when_the_window_closes() {
+    let config = "[dedupe]\nwindow_secs = 1\n[dedupe.categories]\npleg = 0\n";
+    let mut service = Service::start(config, &[]);
+    let other_pod = PULL.replace("cart-5f6d", "cart-9a9a");
+    let mut input = String::new();
+    for seq in 0..4 {
+        input += &record(seq, PULL);
+    }
+    input += &record(4, &other_pod);
+    service.send(&input);
+    assert_eq!(service.next()["MESSAGE"], PULL, "the first at once");
+    assert_eq!(service.next()["MESSAGE"], other_pod, "another pod is not a repeat");
+    // The window closes on the clock, with no more input.
+    let summary = service.next();
+    let repeats = &summary["kubetag"]["repeats"];
+    assert_eq!(repeats["count"], 3, "{summary}");
+    assert_eq!(repeats["first"], "2026-12-04T09:00:01.000000Z");
+    assert_eq!(repeats["last"], "2026-12-04T09:00:04.000000Z");
+    assert_eq!(summary["__REALTIME_TIMESTAMP"], "1796374804000000", "the last repeat");
+
+    let address = service.address.clone();
+    let metrics = scrape_until(&address, "kubetag_summaries_total", 1.0);
+    assert_eq!(sample(&metrics, "kubetag_records_deduplicated_total"), Some(3.0));
+    let (stats, rest) = service.finish();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!((stats["records_read"].as_u64(), stats["tagged"].as_u64()), (Some(5), Some(5)));
+    assert_eq!(stats["forwarded"], 2);
+    assert_eq!(stats["deduplicated"], 3);
+    assert_eq!(stats["summaries"], 1);
+}
+
+#[test]
+fn open_windows_are_summarised_when_the_run_ends() {
+    let config = "[dedupe]\nwindow_secs = 3600\n";
+    let input: String = (0..5).map(|seq| record(seq, PULL)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, config).unwrap();
+    let stats_file = dir.path().join("stats.json");
+    let output = run(
+        &["--config", path.to_str().unwrap(), "--stats-file", stats_file.to_str().unwrap()],
+        input.as_bytes(),
+    );
+    assert!(output.status.success());
+    let out = lines(&output.stdout);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1]["kubetag"]["repeats"]["count"], 4);
+    let stats = stats(&stats_file);
+    assert_eq!((stats["forwarded"].as_u64(), stats["deduplicated"].as_u64()), (Some(1), Some(4)));
 }
 
 #[test]

@@ -289,7 +289,7 @@ impl Metrics {
 
 /// The collector's counters, and the node-problem-detector family derived from them.
 fn render_counts(counts: &Counts, text: &mut Text) {
-    let plain: [(&str, &str, u64); 3] = [
+    let plain: [(&str, &str, u64); 5] = [
         ("kubetag_records_unmatched_total", "Records no rule tagged.", counts.unmatched),
         (
             "kubetag_records_dead_lettered_total",
@@ -297,6 +297,12 @@ fn render_counts(counts: &Counts, text: &mut Text) {
             counts.dead_lettered,
         ),
         ("kubetag_records_forwarded_total", "Records handed to the sinks.", counts.forwarded),
+        (
+            "kubetag_records_deduplicated_total",
+            "Repeats the dedupe stage held back.",
+            counts.deduplicated,
+        ),
+        ("kubetag_summaries_total", "Summary records the dedupe stage wrote.", counts.summaries),
     ];
     for (name, help, value) in plain {
         text.family(name, "counter", help);

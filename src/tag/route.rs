@@ -65,7 +65,6 @@ impl Route {
 }
 
 /// Where each output record of a batch ends, with its facts.
-#[allow(dead_code)] // read by sinks that route by record; none is built yet
 #[derive(Clone, Debug)]
 pub(crate) struct Routed {
     /// The end of the record's line in the batch's bytes, newline included.
