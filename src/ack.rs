@@ -76,6 +76,12 @@ impl<P: Clone + Send + 'static> Progress<P> {
     pub(crate) fn committed(&self) -> Option<P> {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).committed.clone()
     }
+
+    /// Whether every frame handed out has settled and none failed.
+    pub(crate) fn settled(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.open.is_empty() && !state.stuck
+    }
 }
 
 impl<P: Send> Settle for Progress<P> {

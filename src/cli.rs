@@ -8,13 +8,15 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context as _};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{PipelineConfig, Settings};
+use crate::config::{kind_names, PipelineConfig, Settings};
+use crate::metrics::server::Server;
+use crate::metrics::Metrics;
 use crate::pipeline::{self, Stop};
 use crate::rules_tool;
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
 use crate::tag::ruleset::RuleSet;
-use crate::tag::{Tagger, Unmatched};
+use crate::tag::{Tagger, TaggerSlot, Unmatched};
 
 /// Exit codes: 0 ok, 1 runtime failure, 2 bad usage, configuration or rules.
 pub enum Failure {
@@ -124,6 +126,9 @@ struct RunArgs {
     /// Tagging threads (default: one per core).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Serve /metrics, /healthz and /readyz here: HOST:PORT, or a port for loopback.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Log filter, e.g. `warn` or `kubetag=debug`.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log_level: String,
@@ -165,6 +170,7 @@ fn settings(args: &RunArgs) -> Result<Settings, Failure> {
         let urls = args.inputs.iter().map(|i| SourceConfig::from_url(i));
         let parsed: Result<Vec<_>, String> = files.chain(urls).collect();
         settings.sources = parsed.map_err(|e| usage(anyhow!(e)))?;
+        settings.source_names = kind_names(settings.sources.iter().map(SourceConfig::kind));
         let stdin = settings.sources.iter().filter(|s| **s == SourceConfig::Stdin).count();
         if stdin > 1 {
             return Err(usage(anyhow!("stdin (`-`) can be read only once")));
@@ -174,6 +180,7 @@ fn settings(args: &RunArgs) -> Result<Settings, Failure> {
         let parsed: Result<Vec<_>, String> =
             args.outputs.iter().map(|o| SinkConfig::from_url(o)).collect();
         settings.sinks = parsed.map_err(|e| usage(anyhow!(e)))?;
+        settings.sink_names = kind_names(settings.sinks.iter().map(SinkConfig::kind));
     }
     if let Some(dir) = &args.config.rules {
         settings.rules_dir = Some(dir.clone());
@@ -195,6 +202,9 @@ fn settings(args: &RunArgs) -> Result<Settings, Failure> {
     }
     if let Some(threads) = args.threads {
         settings.threads = threads.clamp(1, MAX_THREADS);
+    }
+    if let Some(address) = &args.metrics {
+        settings.metrics.address = Some(address.clone());
     }
     Ok(settings)
 }
@@ -218,23 +228,35 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         sink.check().with_context(|| format!("output {}", sink.label())).map_err(usage)?;
     }
 
-    let tagger = Arc::new(Tagger {
+    let tagger = TaggerSlot::new(Arc::new(Tagger {
         rules: rules.clone(),
         shape: settings.shape.clone(),
         unmatched: settings.unmatched,
-    });
+    }));
+    let metrics = Metrics::new(&settings.source_names, &settings.sink_names);
+    metrics.rules_loaded(rules.rules().len());
+    if let Some(address) = &settings.metrics.address {
+        Server::bind(&settings.metrics, address)
+            .and_then(|server| server.spawn(metrics.clone()))
+            .map_err(|e| Failure::Runtime(e.into()))?;
+    }
     let stop = Stop::default();
-    crate::signals::watch(stop.clone());
+    let reload = reloader(tagger.clone(), settings.rules_dir.clone(), metrics.clone());
+    crate::signals::watch(stop.clone(), metrics.clone(), reload);
     tracing::info!(threads = settings.threads, sources = settings.sources.len(), "started");
-    let finished = pipeline::run(&settings, tagger, stop)
+    let finished = pipeline::run(&settings, tagger, stop, metrics)
         .context("cannot start the pipeline")
         .map_err(Failure::Runtime)?;
 
-    let report = finished.counts.report(&rules);
+    let report = finished.counts.report();
     tracing::info!(
         records = report.records_read,
         tagged = report.tagged,
+        unmatched = report.unmatched,
         malformed = report.malformed,
+        forwarded = report.forwarded,
+        deduplicated = report.deduplicated,
+        dead_lettered = report.dead_lettered,
         "stopped"
     );
     if !args.quiet {
@@ -250,6 +272,29 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     match finished.failures.first() {
         None => Ok(()),
         Some(first) => Err(Failure::Runtime(anyhow!("{first}"))),
+    }
+}
+
+/// What SIGHUP does: the rules are read again from where they were read at the start, and
+/// swapped in only if every one of them loads.
+fn reloader(
+    tagger: TaggerSlot,
+    dir: Option<PathBuf>,
+    metrics: Metrics,
+) -> impl FnMut() + Send + 'static {
+    move || match tagger.reload(dir.as_deref()) {
+        Ok(rules) => {
+            metrics.reloaded(true);
+            metrics.rules_loaded(rules.rules().len());
+            let (n, patterns) = (rules.rules().len(), rules.patterns().len());
+            let generation = tagger.generation();
+            tracing::info!(rules = n, patterns, generation, "rules reloaded");
+        }
+        Err(errors) => {
+            metrics.reloaded(false);
+            let problems = errors.0.len();
+            tracing::error!(problems, error = %errors, "new rules refused, the old ones go on");
+        }
     }
 }
 

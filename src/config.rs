@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::dedupe::DedupeConfig;
+use crate::metrics::server::MetricsConfig;
 use crate::record::{Shape, ShapeConfig};
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
@@ -29,6 +31,10 @@ pub struct PipelineConfig {
     pub sinks: BTreeMap<String, SinkConfig>,
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub dedupe: DedupeConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +133,8 @@ impl PipelineConfig {
                 "limits" => check::<LimitsConfig>(value),
                 "run" => check::<RunConfig>(value),
                 "dead_letter" => check::<DeadLetterConfig>(value),
+                "metrics" => check::<MetricsConfig>(value),
+                "dedupe" => check::<DedupeConfig>(value),
                 "sources" => entries::<SourceConfig>(value, &name),
                 "sinks" => entries::<SinkConfig>(value, &name),
                 _ => Some("unknown table".into()),
@@ -194,12 +202,19 @@ pub struct Settings {
     pub queue_batches: usize,
     pub threads: usize,
     pub sources: Vec<SourceConfig>,
+    /// Each source's name for metrics: its `[sources.NAME]`, or its kind when given on
+    /// the command line.
+    pub source_names: Vec<String>,
     pub sinks: Vec<SinkConfig>,
+    /// Each sink's name for metrics, like `source_names`.
+    pub sink_names: Vec<String>,
     pub dead_letter: Option<PathBuf>,
     pub stats_file: Option<PathBuf>,
     /// How often sources with checkpoints save them, when anything was delivered.
     pub checkpoint_interval: std::time::Duration,
     pub shutdown_timeout: std::time::Duration,
+    pub metrics: MetricsConfig,
+    pub dedupe: DedupeConfig,
 }
 
 impl Settings {
@@ -212,14 +227,17 @@ impl Settings {
                 Ok(value)
             }
         };
-        let mut sources: Vec<SourceConfig> = config.sources.into_values().collect();
+        let (mut source_names, mut sources): (Vec<String>, Vec<SourceConfig>) =
+            config.sources.into_iter().unzip();
         if sources.is_empty() {
-            sources.push(SourceConfig::Stdin);
+            (source_names, sources) = (vec!["stdin".into()], vec![SourceConfig::Stdin]);
         }
-        let mut sinks: Vec<SinkConfig> = config.sinks.into_values().collect();
+        let (mut sink_names, mut sinks): (Vec<String>, Vec<SinkConfig>) =
+            config.sinks.into_iter().unzip();
         if sinks.is_empty() {
-            sinks.push(SinkConfig::Stdout);
+            (sink_names, sinks) = (vec!["stdout".into()], vec![SinkConfig::Stdout]);
         }
+        config.dedupe.check().map_err(|message| ConfigError::Value { key: "dedupe", message })?;
         let checkpoint_ms = sources
             .iter()
             .filter_map(|s| match s {
@@ -246,13 +264,34 @@ impl Settings {
             queue_batches: positive("limits.queue_batches", limits.queue_batches)?,
             threads,
             sources,
+            source_names,
             sinks,
+            sink_names,
             dead_letter: config.dead_letter.path,
             stats_file: config.run.stats_file,
             checkpoint_interval: std::time::Duration::from_millis(checkpoint_ms.max(10)),
             shutdown_timeout: std::time::Duration::from_secs(config.run.shutdown_timeout_secs),
+            metrics: config.metrics,
+            dedupe: config.dedupe,
         })
     }
+}
+
+/// Names for sources or sinks given on the command line: their kinds, numbered from the
+/// second of a kind on (`file`, `file-2`).
+pub(crate) fn kind_names<'a>(kinds: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    kinds
+        .map(|kind| {
+            let n = seen.entry(kind).or_default();
+            *n += 1;
+            if *n == 1 {
+                kind.to_string()
+            } else {
+                format!("{kind}-{n}")
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use bytes::Bytes;
 use crate::ack::Ack;
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetter, Reject};
+use crate::dedupe::{Dedupe, Lines};
+use crate::metrics::Metrics;
 use crate::record::Malformed;
 use crate::sink::{Batch, Output, Sink, SinkConfig};
 use crate::source::journal::JournalSource;
@@ -24,7 +26,7 @@ use crate::source::tcp::TcpSource;
 use crate::source::{Checkpoint, SourceConfig};
 use crate::stats::Counts;
 use crate::tag::route::Routed;
-use crate::tag::{Outcome, Tagger, Worker};
+use crate::tag::{Outcome, TaggerSlot, Worker};
 
 /// A frame on its way to a worker, with where to send the result.
 struct Job {
@@ -72,27 +74,34 @@ impl Stop {
 }
 
 /// Runs the pipeline until every source ends, the last sink closes, or `stop` is asked.
-pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<Finished> {
+/// Workers take up whatever tagger a reload puts in `tagger`; progress goes to `metrics`.
+pub fn run(
+    settings: &Settings,
+    tagger: TaggerSlot,
+    stop: Stop,
+    metrics: Metrics,
+) -> io::Result<Finished> {
     let threads = settings.threads.max(1);
     let (jobs, job_queue) = flume::bounded::<Job>(threads * 2);
     let (pending, pending_queue) = flume::bounded::<Pending>(threads * 4);
 
-    let routes = settings.sinks.iter().any(SinkConfig::routes);
+    let routes = settings.sinks.iter().any(SinkConfig::routes) || settings.dedupe.enabled();
     let workers: Vec<_> = (0..threads)
         .map(|i| {
             let worker = if routes {
-                Worker::with_routes(tagger.clone())
+                Worker::with_routes(tagger.current())
             } else {
-                Worker::new(tagger.clone())
+                Worker::new(tagger.current())
             };
-            spawn_worker(i, job_queue.clone(), worker, settings.max_line_bytes)
+            let slot = tagger.clone();
+            spawn_worker(i, job_queue.clone(), (worker, slot), settings.max_line_bytes)
         })
         .collect::<io::Result<_>>()?;
     drop(job_queue);
 
     let mut sinks = Vec::new();
-    for config in &settings.sinks {
-        sinks.push(Sink::start(config, settings.queue_batches)?);
+    for (index, config) in settings.sinks.iter().enumerate() {
+        sinks.push(Sink::start(config, settings.queue_batches, metrics.sink(index))?);
     }
     let dead_letter = settings.dead_letter.as_ref().map(DeadLetter::open).transpose()?;
 
@@ -108,12 +117,15 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
             SourceConfig::Journal(journal) => {
                 let source = JournalSource::new(journal, settings.max_line_bytes)?;
                 checkpoints.push(source.checkpoint());
+                metrics.checkpoint(&settings.source_names[index], source.checkpoint());
                 let thread = std::thread::Builder::new().name("source journal".into());
                 let stop = stop.clone();
                 readers.push(thread.spawn(move || source.run(feed, stop))?);
             }
             SourceConfig::Kafka(kafka) => {
-                let source = KafkaSource::new(kafka, settings.max_line_bytes)?;
+                let source = KafkaSource::new(kafka, settings.max_line_bytes, metrics.clone())?;
+                // Only the pipeline holds the consumer's checkpoint: dropping it at the end
+                // closes the consumer, which leaves its group at once.
                 checkpoints.push(source.checkpoint());
                 let thread = std::thread::Builder::new().name("source kafka".into());
                 let stop = stop.clone();
@@ -143,7 +155,11 @@ pub fn run(settings: &Settings, tagger: Arc<Tagger>, stop: Stop) -> io::Result<F
 
     let mut collector =
         Collector::new(labels, sinks, dead_letter, stop.clone(), settings.shutdown_timeout);
+    collector.dedupe = Dedupe::new(&settings.dedupe);
+    collector.metrics = Some(metrics.clone());
+    metrics.running(true);
     collector.collect(&pending_queue, &stop);
+    metrics.running(false);
     drop(pending_queue);
     for consumer in consumers {
         if let Ok(Err(e)) = consumer.join() {
@@ -298,11 +314,13 @@ fn read_lines(
 fn spawn_worker(
     index: usize,
     jobs: flume::Receiver<Job>,
-    mut worker: Worker,
+    (mut worker, slot): (Worker, TaggerSlot),
     max_line_bytes: usize,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("tag {index}")).spawn(move || {
         while let Ok(job) = jobs.recv() {
+            // Between frames: a frame is tagged by one rule set, old or new.
+            worker.refresh(&slot);
             let mut done = process(&mut worker, job.frame, max_line_bytes);
             done.ack = job.ack;
             let _ = job.reply.send(done);
@@ -332,6 +350,7 @@ fn process(worker: &mut Worker, frame: Frame, max_line_bytes: usize) -> Done {
             }
         }
     }
+    done.counts.name_rules(worker.rules());
     done
 }
 
@@ -421,6 +440,8 @@ struct Collector {
     shutdown_timeout: Duration,
     /// When this collector first saw the stop.
     stopping_since: Option<Instant>,
+    dedupe: Option<Dedupe>,
+    metrics: Option<Metrics>,
 }
 
 impl Collector {
@@ -446,11 +467,16 @@ impl Collector {
             stop,
             shutdown_timeout,
             stopping_since,
+            dedupe: None,
+            metrics: None,
         }
     }
 
     fn collect(&mut self, queue: &flume::Receiver<Pending>, stop: &Stop) {
         loop {
+            if !self.summarise(Some(Instant::now())) {
+                return;
+            }
             let pending = match queue.recv_timeout(Duration::from_millis(100)) {
                 Ok(pending) => pending,
                 Err(flume::RecvTimeoutError::Timeout) if stop.requested() => break,
@@ -471,7 +497,7 @@ impl Collector {
 
     /// Handles one result; false once no sink is left to take output.
     fn take(&mut self, pending: Pending) -> bool {
-        let Ok(done) = pending.reply.recv() else {
+        let Ok(mut done) = pending.reply.recv() else {
             self.failures.push("a tagging worker stopped".into());
             return false;
         };
@@ -480,19 +506,50 @@ impl Collector {
         for reject in &done.rejects {
             self.dead_letter(pending.source, base + reject.offset + 1, reject);
         }
+        let mut lines = Lines { bytes: done.out, records: done.records };
+        if let Some(dedupe) = &mut self.dedupe {
+            // A repeat held back is dropped on purpose: its frame may settle without it.
+            dedupe.batch(&mut lines, &mut done.counts, Instant::now());
+        }
         self.counts.add(&done.counts);
-        if done.out.is_empty() {
+        if let Some(metrics) = &self.metrics {
+            metrics.read(pending.source, &done.counts);
+            metrics.totals(&self.counts);
+        }
+        if lines.bytes.is_empty() {
             // Nothing to deliver: the frame settles as its ack drops here.
             return true;
         }
-        let batch: Batch =
-            Arc::new(Output { bytes: done.out, records: done.records, ack: done.ack });
+        self.deliver(Output { bytes: lines.bytes, records: lines.records, ack: done.ack })
+    }
+
+    /// Writes the summaries of the dedupe windows closed by `now` (all with `None`); false
+    /// once no sink is left. They carry no ack: the records they stand for settled when
+    /// they were held back, so a summary never holds a checkpoint back.
+    fn summarise(&mut self, now: Option<Instant>) -> bool {
+        let Some(dedupe) = &mut self.dedupe else { return true };
+        let lines = dedupe.expire(now);
+        if lines.bytes.is_empty() {
+            return true;
+        }
+        self.counts.summaries += lines.records.len() as u64;
+        if let Some(metrics) = &self.metrics {
+            metrics.totals(&self.counts);
+        }
+        self.deliver(Output { bytes: lines.bytes, records: lines.records, ack: None })
+    }
+
+    /// Hands one batch to every sink; false once no sink is left to take output.
+    fn deliver(&mut self, output: Output) -> bool {
+        let batch: Batch = Arc::new(output);
         let sinks = std::mem::take(&mut self.sinks);
         for sink in sinks {
             match self.offer(&sink, &batch) {
                 Offer::Taken => self.sinks.push(sink),
                 Offer::Gone => {
                     batch.fail();
+                    tracing::warn!(sink = %sink.label, "sink takes no more batches");
+                    sink.counters.down();
                     self.dead_sinks.push(sink);
                 }
             }
@@ -542,6 +599,10 @@ impl Collector {
     }
 
     fn finish(mut self) -> Finished {
+        self.summarise(None);
+        if let Some(metrics) = &self.metrics {
+            metrics.totals(&self.counts);
+        }
         self.logged.flush();
         if let Some(dead_letter) = &mut self.dead_letter {
             if let Err(e) = dead_letter.flush() {

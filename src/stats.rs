@@ -1,12 +1,15 @@
 //! Counters of what a run did with the records it read. They add up: every record read is
-//! tagged, unmatched or malformed.
+//! tagged, unmatched or malformed; every one forwarded or passed is either written or
+//! deduplicated, and the dedupe stage's summaries are written beside them.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::record::Malformed;
 use crate::tag::category::{Category, CATEGORIES};
+use crate::tag::rules::RuleId;
 use crate::tag::ruleset::RuleSet;
 
 /// Counts for one batch or a whole run; batches are summed into the run's.
@@ -16,14 +19,21 @@ pub struct Counts {
     pub bytes: u64,
     pub tagged: u64,
     pub by_category: [u64; CATEGORIES.len()],
-    /// Indexed by rule, grown on demand.
-    pub by_rule: Vec<u64>,
+    /// One batch's rule hits, indexed by the rule set that tagged it; moved into `by_rule`
+    /// by [`Counts::name_rules`] before batches are summed, since a reload renumbers rules.
+    pub(crate) rule_hits: Vec<u64>,
+    pub by_rule: BTreeMap<RuleId, u64>,
     pub unmatched: u64,
     /// Unmatched records whose message journalctl left out (`null`, over 4096 bytes).
     pub omitted_messages: u64,
     pub malformed: [u64; Malformed::ALL.len()],
     pub dead_lettered: u64,
+    /// Records written to the sinks; a deduplicated one is not.
     pub forwarded: u64,
+    /// Repeats the dedupe stage held back.
+    pub deduplicated: u64,
+    /// Summary records the dedupe stage wrote for them.
+    pub summaries: u64,
 }
 
 impl Counts {
@@ -31,10 +41,17 @@ impl Counts {
         self.tagged += 1;
         self.by_category[category.index()] += 1;
         let rule = rule as usize;
-        if self.by_rule.len() <= rule {
-            self.by_rule.resize(rule + 1, 0);
+        if self.rule_hits.len() <= rule {
+            self.rule_hits.resize(rule + 1, 0);
         }
-        self.by_rule[rule] += 1;
+        self.rule_hits[rule] += 1;
+    }
+
+    /// Moves the batch's rule hits into `by_rule`, named by the rule set that tagged them.
+    pub(crate) fn name_rules(&mut self, rules: &RuleSet) {
+        for (rule, n) in self.rule_hits.drain(..).enumerate().filter(|(_, n)| *n > 0) {
+            *self.by_rule.entry(rules.rule(rule as u32).id.clone()).or_default() += n;
+        }
     }
 
     pub(crate) fn malformed(&mut self, reason: Malformed) {
@@ -52,11 +69,8 @@ impl Counts {
         for (a, b) in self.by_category.iter_mut().zip(other.by_category) {
             *a += b;
         }
-        if self.by_rule.len() < other.by_rule.len() {
-            self.by_rule.resize(other.by_rule.len(), 0);
-        }
-        for (a, b) in self.by_rule.iter_mut().zip(&other.by_rule) {
-            *a += b;
+        for (rule, n) in &other.by_rule {
+            *self.by_rule.entry(rule.clone()).or_default() += n;
         }
         self.unmatched += other.unmatched;
         self.omitted_messages += other.omitted_messages;
@@ -65,10 +79,12 @@ impl Counts {
         }
         self.dead_lettered += other.dead_lettered;
         self.forwarded += other.forwarded;
+        self.deduplicated += other.deduplicated;
+        self.summaries += other.summaries;
     }
 
     /// The counters as the stats file holds them.
-    pub fn report(&self, rules: &RuleSet) -> Report {
+    pub fn report(&self) -> Report {
         let named = |pairs: Vec<(String, u64)>| pairs.into_iter().filter(|(_, n)| *n > 0).collect();
         Report {
             records_read: self.records,
@@ -80,11 +96,7 @@ impl Counts {
                     .collect(),
             ),
             tagged_by_rule: named(
-                self.by_rule
-                    .iter()
-                    .enumerate()
-                    .map(|(r, &n)| (rules.rule(r as u32).id.to_string(), n))
-                    .collect(),
+                self.by_rule.iter().map(|(rule, &n)| (rule.to_string(), n)).collect(),
             ),
             unmatched: self.unmatched,
             omitted_messages: self.omitted_messages,
@@ -97,6 +109,8 @@ impl Counts {
             ),
             dead_lettered: self.dead_lettered,
             forwarded: self.forwarded,
+            deduplicated: self.deduplicated,
+            summaries: self.summaries,
         }
     }
 }
@@ -107,14 +121,16 @@ pub struct Report {
     pub records_read: u64,
     pub bytes_read: u64,
     pub tagged: u64,
-    pub tagged_by_category: std::collections::BTreeMap<String, u64>,
-    pub tagged_by_rule: std::collections::BTreeMap<String, u64>,
+    pub tagged_by_category: BTreeMap<String, u64>,
+    pub tagged_by_rule: BTreeMap<String, u64>,
     pub unmatched: u64,
     pub omitted_messages: u64,
     pub malformed: u64,
-    pub malformed_by_reason: std::collections::BTreeMap<String, u64>,
+    pub malformed_by_reason: BTreeMap<String, u64>,
     pub dead_lettered: u64,
     pub forwarded: u64,
+    pub deduplicated: u64,
+    pub summaries: u64,
 }
 
 impl Report {
@@ -127,7 +143,11 @@ impl Report {
         if self.dead_lettered > 0 {
             let _ = write!(text, ", {} dead-lettered", self.dead_lettered);
         }
-        let list = |map: &std::collections::BTreeMap<String, u64>| {
+        if self.deduplicated > 0 {
+            let (repeats, summaries) = (self.deduplicated, self.summaries);
+            let _ = write!(text, ", {repeats} repeats deduplicated into {summaries} summaries");
+        }
+        let list = |map: &BTreeMap<String, u64>| {
             map.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
         };
         if !self.tagged_by_category.is_empty() {

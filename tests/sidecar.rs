@@ -45,18 +45,6 @@ fn listen(extra: &str) -> (Child, String, Receiver<String>, tempfile::TempDir) {
     (child, address, out, dir)
 }
 
-fn lines_of(output: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(output).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 fn next(out: &Receiver<String>) -> Value {
     let line = out.recv_timeout(Duration::from_secs(20)).expect("a tagged record");
     serde_json::from_str(&line).unwrap()

@@ -11,6 +11,7 @@ use ureq::http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
 
 use super::retry::{count_records, positive, GaveUp, RefusalLog, Retry, SinkError};
 use super::Batch;
+use crate::metrics::SinkCounters;
 
 fn default_batch_bytes() -> usize {
     1 << 20
@@ -213,20 +214,25 @@ fn retry_after(response: &Response<ureq::Body>) -> Option<Duration> {
 
 /// Posts every batch from the queue, in order; returns an error naming what was refused
 /// or abandoned.
-pub(crate) fn run(client: Client, batches: flume::Receiver<Batch>) -> io::Result<()> {
+pub(crate) fn run(
+    client: Client,
+    batches: flume::Receiver<Batch>,
+    counters: &SinkCounters,
+) -> io::Result<()> {
     let mut retry = Retry::new(&client.label, client.config.max_backoff_ms);
     let mut refusals = Refusals { batches: 0, records: 0, status: None, log: RefusalLog::new() };
     let mut carry = None;
     while let Some(mut held) = gather(&batches, &mut carry, client.config.batch_bytes) {
         let body = client.body(&held);
-        match deliver(&client, &body, &mut retry, &batches) {
+        match deliver(&client, &body, &mut retry, &batches, counters) {
             Ok(Answer::Refused { status, body }) => {
+                counters.failed(held.iter().map(count_records).sum());
                 refusals.add(&client.label, &held, status, &body)
             }
-            Ok(_) => {}
+            Ok(_) => counters.sent(held.iter().map(count_records).sum()),
             Err(gave_up) => {
                 held.extend(carry.take());
-                return Err(gave_up.fail(&client.label, &held, &batches).into());
+                return Err(gave_up.fail(&client.label, &held, &batches, counters).into());
             }
         }
         // Delivered, or failed as refused: dropping them releases their acknowledgements.
@@ -266,10 +272,14 @@ fn deliver(
     body: &[u8],
     retry: &mut Retry,
     batches: &flume::Receiver<Batch>,
+    counters: &SinkCounters,
 ) -> Result<Answer, GaveUp> {
     loop {
         match client.post(body) {
-            Answer::Retry { error, after } => retry.failed(&error, after, batches)?,
+            Answer::Retry { error, after } => {
+                retry.failed(&error, after, batches)?;
+                counters.retried();
+            }
             // The server answered: whatever the outage was, it is over.
             answer => {
                 retry.succeeded();

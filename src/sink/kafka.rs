@@ -19,7 +19,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 use serde::Deserialize;
 
-use super::Batch;
+use super::{Batch, Counters};
 use crate::kafka::{client_config, KafkaUrl, Outage};
 use crate::tag::route::{Route, Routed};
 
@@ -80,7 +80,7 @@ impl KafkaSinkConfig {
 
     /// The producer, made before the sink's thread starts so that a bad property stops
     /// the run before anything is read.
-    pub(crate) fn producer(&self) -> io::Result<KafkaProducer> {
+    pub(crate) fn producer(&self, counters: Counters) -> io::Result<KafkaProducer> {
         let defaults = [
             // Bounded memory: a full queue pushes back instead of growing.
             ("queue.buffering.max.messages", "20000"),
@@ -91,7 +91,8 @@ impl KafkaSinkConfig {
         ];
         let config = client_config(&self.brokers, &defaults, &self.properties);
         let stats = Arc::new(Delivered::default());
-        let context = Context { outage: Outage::new("producer"), stats, retries: Mutex::default() };
+        let (outage, retries) = (Outage::new("producer"), Mutex::default());
+        let context = Context { outage, stats, counters, retries };
         let producer =
             config.create_with_context(context).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(KafkaProducer(producer))
@@ -191,6 +192,7 @@ struct Resend {
 struct Context {
     outage: Outage,
     stats: Arc<Delivered>,
+    counters: Counters,
     retries: Mutex<Vec<Resend>>,
 }
 
@@ -212,6 +214,7 @@ impl ProducerContext for Context {
             Ok(_) => {
                 self.outage.ok();
                 self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                self.counters.sent(1);
                 return;
             }
             Err((error, message)) => (error, message),
@@ -219,6 +222,7 @@ impl ProducerContext for Context {
         if passing(error) {
             self.outage.error(error, "delivering");
             self.stats.retried.fetch_add(1, Ordering::Relaxed);
+            self.counters.retried();
             let resend = Resend {
                 topic: message.topic().to_string(),
                 key: message.key().map(<[u8]>::to_vec),
@@ -230,6 +234,7 @@ impl ProducerContext for Context {
         } else {
             tracing::error!(error = %error, topic = message.topic(), "kafka: message refused");
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            self.counters.failed(1);
             batch.fail();
         }
     }
@@ -330,7 +335,9 @@ impl Producing<'_> {
                 }
                 Err((error, back)) => {
                     tracing::error!(error = %error, topic = back.topic, "kafka: cannot produce");
-                    self.producer.context().stats.failed.fetch_add(1, Ordering::Relaxed);
+                    let context = self.producer.context();
+                    context.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    context.counters.failed(1);
                     back.delivery_opaque.fail();
                     return;
                 }
@@ -384,6 +391,7 @@ impl Producing<'_> {
         for resend in retries {
             resend.batch.fail();
         }
+        self.producer.context().counters.failed(lost as u64);
         // Dropping the producer purges what is queued; each purged message's batch fails.
         Err(io::Error::other(format!(
             "{}: {lost} message(s) undelivered at the flush timeout",

@@ -15,7 +15,11 @@ use std::thread::JoinHandle;
 use serde::Deserialize;
 
 use crate::ack::Ack;
+use crate::metrics::SinkCounters;
 use crate::tag::route::Routed;
+
+/// A sink's delivery counters, shared with the metrics.
+pub(crate) type Counters = Arc<SinkCounters>;
 
 /// One configured sink, a `[sinks.NAME]` table.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -63,7 +67,7 @@ impl SinkConfig {
     /// Checks what can be checked before a run: a Kafka sink's properties.
     pub(crate) fn check(&self) -> io::Result<()> {
         match self {
-            SinkConfig::Kafka(config) => config.producer().map(|_| ()),
+            SinkConfig::Kafka(config) => config.producer(Counters::default()).map(|_| ()),
             _ => Ok(()),
         }
     }
@@ -71,6 +75,17 @@ impl SinkConfig {
     /// Whether the sink needs each record's facts ([`Routed`]) beside its bytes.
     pub(crate) fn routes(&self) -> bool {
         matches!(self, SinkConfig::Kafka(_))
+    }
+
+    /// The `type` of the sink's table.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Stdout => "stdout",
+            SinkConfig::File { .. } => "file",
+            SinkConfig::Tcp(_) => "tcp",
+            SinkConfig::Http(_) => "http",
+            SinkConfig::Kafka(_) => "kafka",
+        }
     }
 
     pub fn label(&self) -> String {
@@ -85,26 +100,26 @@ impl SinkConfig {
 
     /// What the sink's thread runs: file-like sinks get their writer opened here, so a
     /// path that cannot be opened stops the run before it starts.
-    fn runner(&self, batches: flume::Receiver<Batch>) -> io::Result<Runner> {
+    fn runner(&self, batches: flume::Receiver<Batch>, counters: Counters) -> io::Result<Runner> {
         Ok(match self {
             SinkConfig::Stdout => {
                 let writer = Box::new(io::stdout());
-                Box::new(move || write_batches(batches, writer))
+                Box::new(move || write_batches(batches, writer, &counters))
             }
             SinkConfig::File { path } => {
                 let writer = Box::new(append(path)?);
-                Box::new(move || write_batches(batches, writer))
+                Box::new(move || write_batches(batches, writer, &counters))
             }
             SinkConfig::Tcp(config) => {
                 let (config, label) = (config.clone(), self.label());
-                Box::new(move || tcp::run(config, label, batches))
+                Box::new(move || tcp::run(config, label, batches, &counters))
             }
             SinkConfig::Http(config) => {
                 let client = http::Client::new(config);
-                Box::new(move || http::run(client, batches))
+                Box::new(move || http::run(client, batches, &counters))
             }
             SinkConfig::Kafka(config) => {
-                let (config, producer) = (config.clone(), config.producer()?);
+                let (config, producer) = (config.clone(), config.producer(counters)?);
                 Box::new(move || kafka::run(config, producer, batches))
             }
         })
@@ -144,6 +159,7 @@ pub(crate) struct Sink {
     pub(crate) queue: flume::Sender<Batch>,
     pub(crate) thread: JoinHandle<io::Result<()>>,
     pub(crate) is_stdout: bool,
+    pub(crate) counters: Counters,
 }
 
 /// Output buffered this much before a write; flushed sooner whenever the queue is empty,
@@ -151,36 +167,53 @@ pub(crate) struct Sink {
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
 impl Sink {
-    pub(crate) fn start(config: &SinkConfig, queue_batches: usize) -> io::Result<Sink> {
+    pub(crate) fn start(
+        config: &SinkConfig,
+        queue_batches: usize,
+        counters: Counters,
+    ) -> io::Result<Sink> {
         let (queue, batches) = flume::bounded::<Batch>(queue_batches);
+        counters.watch_queue(&queue);
         let label = config.label();
         let runner = config
-            .runner(batches)
+            .runner(batches, counters.clone())
             .map_err(|e| io::Error::new(e.kind(), format!("output {label}: {e}")))?;
         let thread = std::thread::Builder::new().name(format!("sink {label}")).spawn(runner)?;
-        Ok(Sink { label, queue, thread, is_stdout: *config == SinkConfig::Stdout })
+        let is_stdout = *config == SinkConfig::Stdout;
+        Ok(Sink { label, queue, thread, is_stdout, counters })
     }
 }
 
 /// Writes batches, holding each until the flush that makes it durable; on a failure every
 /// batch not yet flushed, and every later one, is marked undelivered.
-fn write_batches(batches: flume::Receiver<Batch>, writer: Box<dyn Write + Send>) -> io::Result<()> {
+fn write_batches(
+    batches: flume::Receiver<Batch>,
+    writer: Box<dyn Write + Send>,
+    counters: &SinkCounters,
+) -> io::Result<()> {
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
     let mut unflushed: Vec<Batch> = Vec::new();
+    let flushed = |unflushed: &mut Vec<Batch>| {
+        counters.sent(unflushed.iter().map(retry::count_records).sum());
+        unflushed.clear();
+    };
     let result = (|| {
         while let Ok(batch) = batches.recv() {
             writer.write_all(&batch.bytes)?;
             unflushed.push(batch);
             if batches.is_empty() {
                 writer.flush()?;
-                unflushed.clear();
+                flushed(&mut unflushed);
             }
         }
-        writer.flush()
+        writer.flush()?;
+        flushed(&mut unflushed);
+        Ok(())
     })();
     if result.is_err() {
-        unflushed.iter().chain(batches.drain().collect::<Vec<_>>().iter()).for_each(|b| b.fail());
+        let lost: Vec<Batch> = unflushed.drain(..).chain(batches.drain()).collect();
+        lost.iter().for_each(|b| b.fail());
+        counters.failed(lost.iter().map(retry::count_records).sum());
     }
-    unflushed.clear();
     result
 }

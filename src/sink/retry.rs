@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer};
 
 use super::Batch;
+use crate::metrics::SinkCounters;
 
 /// The first wait after a failure; each later one doubles, up to the sink's maximum.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -57,6 +58,7 @@ impl GaveUp {
         sink: &str,
         held: &[Batch],
         queue: &flume::Receiver<Batch>,
+        counters: &SinkCounters,
     ) -> SinkError {
         let left: Vec<Batch> = queue.drain().collect();
         let all = held.iter().chain(&left);
@@ -66,6 +68,7 @@ impl GaveUp {
             batches += 1;
             records += count_records(batch);
         }
+        counters.failed(records);
         SinkError::Undelivered { sink: sink.into(), batches, records, error: self.error }
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::retry::{positive, GaveUp, Retry};
+use super::retry::{count_records, positive, GaveUp, Retry};
 use super::Batch;
+use crate::metrics::SinkCounters;
 
 fn default_max_backoff_ms() -> u64 {
     5000
@@ -80,13 +81,15 @@ pub(crate) fn run(
     config: TcpConfig,
     sink: String,
     batches: flume::Receiver<Batch>,
+    counters: &SinkCounters,
 ) -> io::Result<()> {
     let mut peer = Peer { config, stream: None, connections: 0 };
     let mut retry = Retry::new(&sink, peer.config.max_backoff_ms);
     while let Ok(batch) = batches.recv() {
-        if let Err(gave_up) = deliver(&mut peer, &mut retry, &batch, &batches) {
-            return Err(gave_up.fail(&sink, &[batch], &batches).into());
+        if let Err(gave_up) = deliver(&mut peer, &mut retry, &batch, &batches, counters) {
+            return Err(gave_up.fail(&sink, &[batch], &batches, counters).into());
         }
+        counters.sent(count_records(&batch));
         // Written to the socket: dropping the batch releases its acknowledgement.
     }
     Ok(())
@@ -97,6 +100,7 @@ fn deliver(
     retry: &mut Retry,
     batch: &Batch,
     batches: &flume::Receiver<Batch>,
+    counters: &SinkCounters,
 ) -> Result<(), GaveUp> {
     loop {
         match peer.send(&batch.bytes) {
@@ -104,7 +108,10 @@ fn deliver(
                 retry.succeeded();
                 return Ok(());
             }
-            Err(e) => retry.failed(&e.to_string(), None, batches)?,
+            Err(e) => {
+                retry.failed(&e.to_string(), None, batches)?;
+                counters.retried();
+            }
         }
     }
 }
@@ -233,7 +240,7 @@ mod tests {
         });
         let mut peer = Peer { config, stream: None, connections: 0 };
         let mut retry = Retry::new("test", 100);
-        deliver(&mut peer, &mut retry, &batch, &batches).unwrap();
+        deliver(&mut peer, &mut retry, &batch, &batches, &SinkCounters::default()).unwrap();
         assert_eq!(peer.connections, 2);
         drop((peer, queue));
         assert!(server.join().unwrap() == bytes, "the whole batch, once, on the second");

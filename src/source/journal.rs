@@ -198,6 +198,8 @@ pub(crate) struct CursorCheckpoint {
     progress: Arc<Progress>,
     path: Option<PathBuf>,
     saved: std::sync::Mutex<Option<String>>,
+    /// When the state file last held everything delivered so far.
+    current_at: std::sync::Mutex<Instant>,
 }
 
 impl super::Checkpoint for CursorCheckpoint {
@@ -206,11 +208,23 @@ impl super::Checkpoint for CursorCheckpoint {
         let Some(path) = &self.path else { return Ok(()) };
         let Some(cursor) = self.progress.committed() else { return Ok(()) };
         let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        if saved.as_deref() != Some(&cursor) {
+        // Current once written, or when nothing is in flight: a quiet journal's state
+        // file stays current, one held back by a failed delivery ages.
+        let current = if saved.as_deref() != Some(&cursor) {
             write_checkpoint(path, &cursor)?;
             *saved = Some(cursor);
+            true
+        } else {
+            self.progress.settled()
+        };
+        if current {
+            *self.current_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         }
         Ok(())
+    }
+
+    fn current_at(&self) -> Instant {
+        *self.current_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -236,6 +250,7 @@ impl JournalSource {
             progress: Arc::new(Progress::default()),
             path,
             saved: std::sync::Mutex::new(start),
+            current_at: std::sync::Mutex::new(Instant::now()),
         });
         Ok(JournalSource { config: config.clone(), max_entry_bytes, checkpoint })
     }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::ack::Progress;
 use crate::kafka::{client_config, KafkaUrl, Outage};
+use crate::metrics::Metrics;
 use crate::pipeline::{Feed, Refused, Stop};
 use crate::source::lines::{Frame, Origin, Whole, KEPT_PREFIX_BYTES};
 use crate::tag::route::Headers;
@@ -82,10 +83,10 @@ impl KafkaConfig {
         if self.batch_records == 0 {
             return Err(io::Error::other("batch_records must be at least 1"));
         }
-        self.consumer().map(|_| ())
+        self.consumer(None).map(|_| ())
     }
 
-    fn consumer(&self) -> io::Result<BaseConsumer<Context>> {
+    fn consumer(&self, metrics: Option<Metrics>) -> io::Result<BaseConsumer<Context>> {
         let defaults = [
             ("group.id", self.group.as_str()),
             ("enable.auto.commit", "true"),
@@ -96,9 +97,11 @@ impl KafkaConfig {
             ("auto.offset.reset", "earliest"),
             ("fetch.wait.max.ms", "100"),
             ("enable.partition.eof", if self.until_end { "true" } else { "false" }),
+            // librdkafka's statistics carry each partition's consumer lag.
+            ("statistics.interval.ms", if metrics.is_some() { "5000" } else { "0" }),
         ];
         let config = client_config(&self.brokers, &defaults, &self.properties);
-        let context = Context { outage: Outage::new("consumer"), shared: Arc::default() };
+        let context = Context { outage: Outage::new("consumer"), shared: Arc::default(), metrics };
         config.create_with_context(context).map_err(|e| io::Error::other(e.to_string()))
     }
 }
@@ -110,6 +113,7 @@ type Offsets = Arc<BTreeMap<(Arc<str>, i32), i64>>;
 struct Context {
     outage: Outage,
     shared: Arc<Shared>,
+    metrics: Option<Metrics>,
 }
 
 /// What the callbacks and the checkpoint share with the source.
@@ -151,6 +155,20 @@ impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
         self.outage.error(&error, reason);
     }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(metrics) = &self.metrics else { return };
+        for (topic, stats) in &statistics.topics {
+            for (&partition, stats) in &stats.partitions {
+                // -1 is librdkafka's internal partition; a lag of -1 is not known (or the
+                // partition is not assigned here).
+                if partition >= 0 {
+                    let lag = stats.consumer_lag;
+                    metrics.kafka_lag(topic, partition, (lag >= 0).then_some(lag));
+                }
+            }
+        }
+    }
 }
 
 impl ConsumerContext for Context {
@@ -180,13 +198,23 @@ impl ConsumerContext for Context {
 /// The consumer's delivered offsets, stored on the pipeline's timer and at the end.
 pub(crate) struct OffsetCheckpoint {
     consumer: Arc<BaseConsumer<Context>>,
+    current_at: Mutex<Instant>,
 }
 
 impl super::Checkpoint for OffsetCheckpoint {
     fn save(&self) -> io::Result<()> {
-        let context = self.consumer.context();
-        context.shared.store(&self.consumer);
+        let shared = &self.consumer.context().shared;
+        shared.store(&self.consumer);
+        // Current when nothing is in flight; a failed delivery holds the offsets back and
+        // the checkpoint ages.
+        if shared.progress.settled() {
+            *self.current_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
         Ok(())
+    }
+
+    fn current_at(&self) -> Instant {
+        *self.current_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn finish(&self) -> io::Result<()> {
@@ -212,15 +240,20 @@ const POLL_WAIT: Duration = Duration::from_millis(100);
 const SEEK_WAIT: Duration = Duration::from_secs(5);
 
 impl KafkaSource {
-    pub(crate) fn new(config: &KafkaConfig, max_record_bytes: usize) -> io::Result<KafkaSource> {
-        let consumer = Arc::new(config.consumer()?);
+    pub(crate) fn new(
+        config: &KafkaConfig,
+        max_record_bytes: usize,
+        metrics: Metrics,
+    ) -> io::Result<KafkaSource> {
+        let consumer = Arc::new(config.consumer(Some(metrics))?);
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(KafkaSource { config: config.clone(), consumer, max_record_bytes })
     }
 
     pub(crate) fn checkpoint(&self) -> Arc<OffsetCheckpoint> {
-        Arc::new(OffsetCheckpoint { consumer: self.consumer.clone() })
+        let current_at = Mutex::new(Instant::now());
+        Arc::new(OffsetCheckpoint { consumer: self.consumer.clone(), current_at })
     }
 
     /// Reads until `stop` is asked (or, with `until_end`, until every assigned partition is

@@ -22,6 +22,9 @@ pub(crate) trait Checkpoint: Send + Sync {
     fn finish(&self) -> io::Result<()> {
         self.save()
     }
+
+    /// When the saved position last covered everything delivered so far.
+    fn current_at(&self) -> std::time::Instant;
 }
 
 /// One configured source, a `[sources.NAME]` table.
@@ -77,6 +80,17 @@ impl SourceConfig {
             return Err(format!("input scheme {scheme}:// is not supported by this build"));
         }
         Ok(SourceConfig::File { path: url.into() })
+    }
+
+    /// The `type` of the source's table.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Stdin => "stdin",
+            SourceConfig::File { .. } => "file",
+            SourceConfig::Journal(_) => "journal",
+            SourceConfig::Tcp(_) => "tcp",
+            SourceConfig::Kafka(_) => "kafka",
+        }
     }
 
     /// A name for logs and dead-letter records.

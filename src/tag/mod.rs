@@ -12,7 +12,8 @@ pub(crate) mod route;
 pub(crate) mod rules;
 pub(crate) mod ruleset;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -22,6 +23,7 @@ use crate::record::{Malformed, Message, Record, Shape};
 use category::Category;
 use component::Component;
 use route::Route;
+use rules::RuleErrors;
 use ruleset::{RuleSet, Scratch};
 
 /// What to do with records no rule tags.
@@ -39,6 +41,44 @@ pub struct Tagger {
     pub rules: Arc<RuleSet>,
     pub shape: Shape,
     pub unmatched: Unmatched,
+}
+
+/// The tagger in use. A reload builds a whole new one beside it and swaps it in; workers
+/// look at the generation before each frame, so every frame is tagged by one rule set.
+#[derive(Clone)]
+pub struct TaggerSlot(Arc<Slot>);
+
+struct Slot {
+    generation: AtomicU64,
+    tagger: Mutex<Arc<Tagger>>,
+}
+
+impl TaggerSlot {
+    pub fn new(tagger: Arc<Tagger>) -> TaggerSlot {
+        TaggerSlot(Arc::new(Slot { generation: AtomicU64::new(0), tagger: Mutex::new(tagger) }))
+    }
+
+    /// Bumped by every swap.
+    pub fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Acquire)
+    }
+
+    pub fn current(&self) -> Arc<Tagger> {
+        self.0.tagger.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Loads the rules from `dir` (the shipped ones without) and, if they compile, swaps
+    /// in a tagger that uses them with the current field shape and unmatched policy.
+    /// A broken set is refused whole and the current one stays.
+    pub fn reload(&self, dir: Option<&std::path::Path>) -> Result<Arc<RuleSet>, RuleErrors> {
+        let rules = Arc::new(RuleSet::load(dir)?);
+        let mut slot = self.0.tagger.lock().unwrap_or_else(|e| e.into_inner());
+        let (shape, unmatched) = (slot.shape.clone(), slot.unmatched);
+        *slot = Arc::new(Tagger { rules: rules.clone(), shape, unmatched });
+        // Under the lock, so a worker that sees the new generation finds the new tagger.
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(rules)
+    }
 }
 
 /// The verdict on one line.
@@ -66,12 +106,29 @@ pub struct Worker {
     route: Option<Route>,
     /// Where the last scanned line's object closes.
     close: usize,
+    /// The slot generation `tagger` came from.
+    generation: u64,
 }
 
 impl Worker {
     pub fn new(tagger: Arc<Tagger>) -> Worker {
         let (fields, message, matches) = (Vec::new(), Vec::new(), Scratch::default());
-        Worker { tagger, fields, message, matches, routes: false, route: None, close: 0 }
+        let (routes, route, close, generation) = (false, None, 0, 0);
+        Worker { tagger, fields, message, matches, routes, route, close, generation }
+    }
+
+    /// Takes up the slot's tagger if a reload swapped in a new one since the last look.
+    pub(crate) fn refresh(&mut self, slot: &TaggerSlot) {
+        let generation = slot.generation();
+        if generation != self.generation {
+            self.tagger = slot.current();
+            self.generation = generation;
+        }
+    }
+
+    /// The rules the worker tags with now.
+    pub(crate) fn rules(&self) -> &RuleSet {
+        &self.tagger.rules
     }
 
     /// A worker that also describes every record it forwards, for sinks that route by it.
@@ -221,7 +278,11 @@ fn micros(record: &Record<'_>, shape: &Shape) -> Option<u64> {
 
 /// RFC 3339 from journald's microseconds since the epoch.
 fn timestamp(record: &Record<'_>, shape: &Shape) -> Option<String> {
-    let micros = micros(record, shape)?;
+    rfc3339(micros(record, shape)?)
+}
+
+/// RFC 3339 from microseconds since the epoch.
+pub(crate) fn rfc3339(micros: u64) -> Option<String> {
     // RFC 3339 has four-digit years: a later time is left out rather than misprinted.
     if micros >= MAX_RFC3339_MICROS {
         return None;

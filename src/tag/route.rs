@@ -39,6 +39,7 @@ impl Route {
         self
     }
 
+    // No sink routes by template yet; the Kafka sink's topic template will.
     /// The value a template placeholder stands for; unknown names are refused when the
     /// template is parsed, so `None` here means the record does not name it.
     pub(crate) fn field(&self, name: &str) -> Option<&str> {

@@ -19,6 +19,20 @@ impl RuleId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The rule as a problem reason in node-problem-detector's CamelCase style:
+    /// `image_pull.not_found` is `ImagePullNotFound`. Two ids that differ only in where
+    /// `.` and `_` fall would share a reason; a test keeps the shipped ones apart.
+    pub fn reason(&self) -> String {
+        let words = self.0.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty());
+        let mut reason = String::with_capacity(self.0.len());
+        for word in words {
+            let mut chars = word.chars();
+            reason.extend(chars.next().map(|c| c.to_ascii_uppercase()));
+            reason.push_str(chars.as_str());
+        }
+        reason
+    }
 }
 
 impl fmt::Display for RuleId {

@@ -167,6 +167,16 @@ require = ["rpc error"]
 summary = "pull"
 "#;
 
+    #[test]
+    fn shipped_rules_have_distinct_problem_reasons() {
+        let shipped = RuleSet::shipped().unwrap();
+        let reasons: std::collections::BTreeSet<String> =
+            shipped.rules().iter().map(|r| r.id.reason()).collect();
+        assert_eq!(reasons.len(), shipped.rules().len());
+        let pull = shipped.rules().iter().find(|r| r.id.as_str() == "image_pull.not_found");
+        assert_eq!(pull.map(|r| r.id.reason()).as_deref(), Some("ImagePullNotFound"));
+    }
+
     fn hits<'a>(set: &'a RuleSet, message: &str, agents: Agents) -> Vec<&'a str> {
         let mut scratch = Scratch::default();
         set.confirm(message.as_bytes(), agents, &mut scratch);

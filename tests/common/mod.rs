@@ -163,3 +163,16 @@ pub fn spawn_piped(command: &mut Command, stderr: Stdio) -> std::process::Child 
         .spawn()
         .expect("kubetag starts")
 }
+
+/// The lines of a child's output as they come, read on a thread of their own.
+pub fn lines_of(output: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(output)) {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
