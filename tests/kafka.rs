@@ -418,11 +418,14 @@ fn a_journal_topic_yields_its_errors_on_category_topics() {
     produce(&servers, &input, 2, &lines);
 
     let (dead, stats) = (dir.path().join("dead.jsonl"), dir.path().join("stats.json"));
+    let copy = dir.path().join("copy.jsonl");
     let args = [
         "--input".into(),
         format!("kafka://127.0.0.1:{port}/{input}?group={group}&until_end=true&{QUICK}"),
         "--output".into(),
         format!("kafka://127.0.0.1:{port}/{prefix}.{{category}}"),
+        "--output".into(),
+        format!("file:{}", copy.display()),
         "--dead-letter".into(),
         dead.display().to_string(),
         "--stats-file".into(),
@@ -458,6 +461,12 @@ fn a_journal_topic_yields_its_errors_on_category_topics() {
         assert_eq!(message.key, key);
     }
     assert!(got.iter().any(|g| g.key == "node-1/shop/cart-5f6d"), "a pod's key");
+
+    // The file sink beside it received the same records.
+    let copied = std::fs::read(&copy).unwrap();
+    let mut copied: Vec<&[u8]> = copied.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    copied.sort();
+    assert!(copied == want_payloads, "the file sink holds what the topics hold");
 
     // Malformed messages went to the dead-letter file, with where they were.
     let dead = lines_of(&std::fs::read(&dead).unwrap());
