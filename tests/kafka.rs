@@ -390,6 +390,29 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
+/// Waits up to 20 s for a log line with `message`.
+fn wait_log(logs: &Mutex<Vec<Value>>, message: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(log) = messages(logs, message).pop() {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {message:?} log");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One scrape of the metrics endpoint.
+fn scrape(address: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: kubetag\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 fn messages(logs: &Mutex<Vec<Value>>, message: &str) -> Vec<Value> {
     let logs = logs.lock().unwrap();
     logs.iter().filter(|l| l["fields"]["message"] == message).cloned().collect()
@@ -525,10 +548,30 @@ fn sigterm_drains_commits_and_a_restart_repeats_nothing() {
         ]
     };
 
-    let (mut child, logs) = start(&args(""));
+    let mut with_metrics = args("");
+    with_metrics.extend(["--metrics".into(), "127.0.0.1:0".into()]);
+    let (mut child, logs) = start(&with_metrics);
     let lines = journal_lines(dir.path(), 300);
     produce(&servers, &input, 3, &lines);
     wait_for(&servers, &output, 1, 30, Duration::from_secs(60));
+
+    // The consumer's lag reaches 0 on every partition once everything is read.
+    let address = {
+        let listening = wait_log(&logs, "metrics listening");
+        listening["fields"]["address"].as_str().unwrap().to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = scrape(&address);
+        let lags: Vec<&str> =
+            metrics.lines().filter(|l| l.starts_with("kubetag_kafka_consumer_lag{")).collect();
+        if lags.len() == 3 && lags.iter().all(|l| l.ends_with(" 0")) {
+            assert!(metrics.contains("kubetag_records_read_total{source=\"kafka\"} 300"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag never 0 on 3 partitions:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     signal(&child, "-TERM");
     let status = wait_exit(&mut child, Duration::from_secs(20));
     assert!(status.success(), "{:#?}", logs.lock().unwrap());
