@@ -457,6 +457,15 @@ impl Batch {
         };
         let start = self.bytes.len();
         self.bytes.extend_from_slice(kept);
+        // A record pretty-printed over several lines: in valid JSON a raw line break can
+        // only sit between tokens, so a space says the same and keeps the record one line.
+        if memchr::memchr2(b'\n', b'\r', kept).is_some() {
+            for byte in &mut self.bytes[start..] {
+                if matches!(*byte, b'\n' | b'\r') {
+                    *byte = b' ';
+                }
+            }
+        }
         let headers = message.headers().map(|headers| {
             let list: Headers =
                 headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect();
