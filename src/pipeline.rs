@@ -156,7 +156,8 @@ pub fn run(
     let mut collector =
         Collector::new(labels, sinks, dead_letter, stop.clone(), settings.shutdown_timeout);
     collector.dedupe = Dedupe::new(&settings.dedupe);
-    collector.metrics = Some(metrics.clone());
+    // Publishing is per batch; without a server to read the totals it is skipped.
+    collector.metrics = settings.metrics.address.is_some().then(|| metrics.clone());
     metrics.running(true);
     collector.collect(&pending_queue, &stop);
     metrics.running(false);
