@@ -13,6 +13,7 @@ use crate::pipeline::{self, Stop};
 use crate::rules_tool;
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
+use crate::tag::mask::Masker;
 use crate::tag::ruleset::RuleSet;
 use crate::tag::{Tagger, Unmatched};
 
@@ -113,6 +114,9 @@ struct RunArgs {
     /// What to do with untagged records.
     #[arg(long, value_enum)]
     unmatched: Option<Unmatched>,
+    /// Forward secrets as they are (`[mask] enabled = false`).
+    #[arg(long)]
+    no_mask: bool,
     /// Write rejected lines here, one JSON envelope each.
     #[arg(long, value_name = "PATH")]
     dead_letter: Option<PathBuf>,
@@ -181,6 +185,9 @@ fn settings(args: &RunArgs) -> Result<Settings, Failure> {
     if let Some(unmatched) = args.unmatched {
         settings.unmatched = unmatched;
     }
+    if args.no_mask {
+        settings.mask = Arc::new(Masker::off());
+    }
     if let Some(path) = &args.dead_letter {
         settings.dead_letter = Some(path.clone());
     }
@@ -219,6 +226,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         rules: rules.clone(),
         shape: settings.shape.clone(),
         unmatched: settings.unmatched,
+        mask: settings.mask.clone(),
     });
     let stop = Stop::default();
     crate::signals::watch(stop.clone());

@@ -24,6 +24,8 @@ pub struct Counts {
     pub malformed: [u64; Malformed::ALL.len()],
     pub dead_lettered: u64,
     pub forwarded: u64,
+    /// Secrets masked in forwarded records.
+    pub masked: u64,
 }
 
 impl Counts {
@@ -65,6 +67,7 @@ impl Counts {
         }
         self.dead_lettered += other.dead_lettered;
         self.forwarded += other.forwarded;
+        self.masked += other.masked;
     }
 
     /// The counters as the stats file holds them.
@@ -97,6 +100,7 @@ impl Counts {
             ),
             dead_lettered: self.dead_lettered,
             forwarded: self.forwarded,
+            masked: self.masked,
         }
     }
 }
@@ -115,6 +119,7 @@ pub struct Report {
     pub malformed_by_reason: std::collections::BTreeMap<String, u64>,
     pub dead_lettered: u64,
     pub forwarded: u64,
+    pub masked: u64,
 }
 
 impl Report {
@@ -124,6 +129,9 @@ impl Report {
             "kubetag: {} records read: {} tagged, {} unmatched, {} malformed; {} forwarded",
             self.records_read, self.tagged, self.unmatched, self.malformed, self.forwarded
         );
+        if self.masked > 0 {
+            let _ = write!(text, ", {} secrets masked", self.masked);
+        }
         if self.dead_lettered > 0 {
             let _ = write!(text, ", {} dead-lettered", self.dead_lettered);
         }

@@ -339,7 +339,11 @@ mod tests {
     }
 
     fn batch(bytes: &[u8]) -> Batch {
-        std::sync::Arc::new(super::super::Output { bytes: bytes.to_vec(), ack: None })
+        std::sync::Arc::new(super::super::Output {
+            bytes: bytes.to_vec(),
+            ack: None,
+            records: Vec::new(),
+        })
     }
 
     #[test]

@@ -226,7 +226,11 @@ mod tests {
             got
         });
         let (queue, batches) = flume::bounded::<Batch>(1);
-        let batch = std::sync::Arc::new(super::super::Output { bytes: bytes.clone(), ack: None });
+        let batch = std::sync::Arc::new(super::super::Output {
+            bytes: bytes.clone(),
+            ack: None,
+            records: Vec::new(),
+        });
         let mut peer = Peer { config, stream: None, connections: 0 };
         let mut retry = Retry::new("test", 100);
         deliver(&mut peer, &mut retry, &batch, &batches).unwrap();

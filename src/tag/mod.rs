@@ -8,6 +8,7 @@ pub(crate) mod category;
 pub(crate) mod component;
 mod enrich;
 pub(crate) mod header;
+pub mod mask;
 pub(crate) mod route;
 pub(crate) mod rules;
 pub(crate) mod ruleset;
@@ -21,6 +22,7 @@ use crate::record::json::{self, Field};
 use crate::record::{Malformed, Message, Record, Shape};
 use category::Category;
 use component::Component;
+use mask::{MaskScratch, Masker};
 use route::Route;
 use ruleset::{RuleSet, Scratch};
 
@@ -39,6 +41,8 @@ pub struct Tagger {
     pub rules: Arc<RuleSet>,
     pub shape: Shape,
     pub unmatched: Unmatched,
+    /// Secrets masked in every forwarded line.
+    pub mask: Arc<Masker>,
 }
 
 /// The verdict on one line.
@@ -66,12 +70,17 @@ pub struct Worker {
     route: Option<Route>,
     /// Where the last scanned line's object closes.
     close: usize,
+    mask: MaskScratch,
+    /// Secrets masked since the last `take_masked`.
+    masked: u64,
 }
 
 impl Worker {
     pub fn new(tagger: Arc<Tagger>) -> Worker {
         let (fields, message, matches) = (Vec::new(), Vec::new(), Scratch::default());
-        Worker { tagger, fields, message, matches, routes: false, route: None, close: 0 }
+        let mask = MaskScratch::default();
+        let (routes, route, close, masked) = (false, None, 0, 0);
+        Worker { tagger, fields, message, matches, routes, route, close, mask, masked }
     }
 
     /// A worker that also describes every record it forwards, for sinks that route by it.
@@ -80,7 +89,9 @@ impl Worker {
     }
 
     /// Judges one line (without its newline) and appends what is forwarded to `out`.
+    /// Secrets in it are masked.
     pub fn line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Outcome {
+        let start = out.len();
         let outcome = self.judge(line, out);
         let unmatched = matches!(outcome, Outcome::Unmatched | Outcome::Omitted);
         if unmatched && self.tagger.unmatched == Unmatched::Pass {
@@ -90,7 +101,15 @@ impl Worker {
                 self.route = Some(self.unmatched_route(line));
             }
         }
+        if out.len() > start {
+            self.masked += self.tagger.mask.mask(out, start, &mut self.mask);
+        }
         outcome
+    }
+
+    /// How many secrets were masked since the last call.
+    pub fn take_masked(&mut self) -> u64 {
+        std::mem::take(&mut self.masked)
     }
 
     /// The facts of the record the last `line` forwarded, if it forwarded one and this
@@ -258,7 +277,8 @@ mod tests {
 
     fn worker(unmatched: Unmatched) -> Worker {
         let rules = Arc::new(RuleSet::shipped().expect("shipped rules load"));
-        Worker::new(Arc::new(Tagger { rules, shape: Shape::journald(), unmatched }))
+        let mask = Arc::new(Masker::new(&mask::MaskConfig::default()).unwrap());
+        Worker::new(Arc::new(Tagger { rules, shape: Shape::journald(), unmatched, mask }))
     }
 
     fn run(worker: &mut Worker, line: &str) -> (Outcome, String) {
