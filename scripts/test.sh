@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine, installing what the tests need:
 # systemd-journal-remote (to make real journal files), journalctl, and openssl (to make
-# the certificates of the TLS tests).
+# the certificates of the TLS tests), then runs every fuzz target for 15 s (cargo-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +19,6 @@ fi
 
 cargo test --locked --all-targets
 cargo run --locked --quiet -- rules lint
+
+# Every fuzz target for a bounded time on its seed corpus (cargo-fuzz is installed once).
+bash fuzz/run.sh 15

@@ -10,6 +10,8 @@ mod ack;
 pub mod cli;
 pub mod config;
 mod dead_letter;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod pipeline;
 pub(crate) mod record;
 pub(crate) mod report;

@@ -406,17 +406,25 @@ enum Class {
     Escape,
 }
 
-/// Classifies every byte of `line`, a valid JSON text.
+/// Classifies every byte of `line`, a valid JSON text. Keys count as outside: a masked
+/// key would change the record's structure (two keys masked alike would collide).
 fn classify(line: &[u8], class: &mut Vec<Class>) {
     class.clear();
     class.resize(line.len(), Class::Outside);
     let mut i = 0;
     let mut inside = false;
+    let mut opened = 0;
     while i < line.len() {
         match (inside, line[i]) {
-            (false, b'"') => inside = true,
+            (false, b'"') => (inside, opened) = (true, i),
             (false, _) => {}
-            (true, b'"') => inside = false,
+            (true, b'"') => {
+                inside = false;
+                let after = line[i + 1..].iter().find(|b| !b.is_ascii_whitespace());
+                if after == Some(&b':') {
+                    class[opened..i].fill(Class::Outside);
+                }
+            }
             (true, b'\\') => {
                 class[i] = Class::Start;
                 let length = if line.get(i + 1) == Some(&b'u') { 5 } else { 1 };

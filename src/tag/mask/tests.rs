@@ -322,6 +322,15 @@ fn a_secret_cut_by_an_escape_keeps_the_escape_whole() {
 }
 
 #[test]
+fn keys_are_never_masked() {
+    // Found by fuzzing: a key holding `?sig=...` was masked, which renames the field.
+    let line = br#"{"x?sig=abcdefghijklmnop": "y?sig=abcdefghijklmnop"}"#;
+    let (out, masked) = mask_line(&masker(), line);
+    assert_eq!(out, br#"{"x?sig=abcdefghijklmnop": "y?sig=***"}"#);
+    assert_eq!(masked, 1);
+}
+
+#[test]
 fn a_secret_outside_a_string_is_left_alone() {
     let line = br#"{"MESSAGE":"x","token":12345678}"#;
     let (out, masked) = mask_line(&masker(), line);
