@@ -18,6 +18,7 @@ fn tag_corpus(c: &mut Criterion) {
     let off = Arc::new(Masker::off());
     let cases = [
         ("3% errors", 30, Unmatched::Drop, &on),
+        ("3% errors, masking off", 30, Unmatched::Drop, &off),
         ("chatter only", 0, Unmatched::Drop, &on),
         ("3% errors, all passed, masking on", 30, Unmatched::Pass, &on),
         ("3% errors, all passed, masking off", 30, Unmatched::Pass, &off),

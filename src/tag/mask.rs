@@ -6,7 +6,7 @@
 //! regexes. A secret is replaced only where it lies inside one JSON string and does not
 //! cut an escape sequence in two, so the line stays valid JSON.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::bytes::Regex;
 use serde::Deserialize;
 
@@ -295,8 +295,10 @@ impl Masker {
                 .iter()
                 .find(|d| d.name == name)
                 .ok_or_else(|| MaskError::UnknownDetector(name.clone()))?;
+            // ASCII classes make small, fast automata. A secret still ends on a character
+            // boundary: its classes take every non-ASCII byte, and it is bounded by ASCII.
             let regexes = detector.patterns.iter().map(|&(pattern, check)| Compiled {
-                regex: Regex::new(pattern).expect("shipped mask patterns compile"),
+                regex: Regex::new(&format!("(?-u){pattern}")).expect("shipped patterns compile"),
                 check,
             });
             let triggers_of = detector.triggers.iter().map(|t| t.to_string()).collect();
@@ -311,8 +313,10 @@ impl Masker {
             let compiled = vec![Compiled { regex, check: Check::Any }];
             masker.add(compiled, extra.triggers.clone(), &mut triggers);
         }
+        // A DFA: a few dozen literals make a small one, and it reads every forwarded line.
         let prefilter = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
+            .kind(Some(AhoCorasickKind::DFA))
             .match_kind(MatchKind::Standard)
             .build(&triggers)
             .map_err(|e| MaskError::BadPattern {
@@ -343,6 +347,10 @@ impl Masker {
     pub fn mask(&self, out: &mut Vec<u8>, start: usize, scratch: &mut MaskScratch) -> u64 {
         let Some(prefilter) = &self.prefilter else { return 0 };
         let line = &out[start..];
+        // Most lines hold no trigger: one search that may skip ahead answers for them.
+        if self.always.is_empty() && !prefilter.is_match(line) {
+            return 0;
+        }
         scratch.woken.clear();
         scratch.woken.resize(self.detectors.len(), false);
         let mut any = false;

@@ -48,6 +48,13 @@ const SECRETS: &[(&str, &str, &str, &str, &str)] = &[
         "password=***",
     ),
     (
+        "non_ascii_password_assignment",
+        "assignment",
+        "login failed: password=pässwört€9 user=ops",
+        "pässwört€9",
+        "password=*** user=ops",
+    ),
+    (
         "quoted_password_assignment",
         "assignment",
         "E1204 09:00:00.000000 1 auth.go:12] \"login failed\" password=\"Tr0ub4dor&3x\" user=\"ops\"",
