@@ -1,26 +1,39 @@
 //! The tagger alone, in bytes per second, on a generated corpus of ~1 KB journald records:
-//! chatter with a share of real errors, and all chatter.
+//! chatter with a share of real errors, and all chatter; then every record passed through,
+//! with secret masking on and off, to price the masker on the most it ever sees.
 
 mod corpus;
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use kubetag::tag::mask::{MaskConfig, Masker};
 use kubetag::tag::{Tagger, Unmatched, Worker};
 use kubetag::{RuleSet, Shape};
 
 fn tag_corpus(c: &mut Criterion) {
     let rules = Arc::new(RuleSet::shipped().expect("shipped rules load"));
     let errors: Vec<String> = rules.rules().iter().flat_map(|r| r.examples.clone()).collect();
-    let tagger = Arc::new(Tagger { rules, shape: Shape::journald(), unmatched: Unmatched::Drop });
+    let on = Arc::new(Masker::new(&MaskConfig::default()).expect("shipped detectors build"));
+    let off = Arc::new(Masker::off());
+    let cases = [
+        ("3% errors", 30, Unmatched::Drop, &on),
+        ("3% errors, masking off", 30, Unmatched::Drop, &off),
+        ("chatter only", 0, Unmatched::Drop, &on),
+        ("3% errors, all passed, masking on", 30, Unmatched::Pass, &on),
+        ("3% errors, all passed, masking off", 30, Unmatched::Pass, &off),
+    ];
 
     let mut group = c.benchmark_group("tag");
-    for (name, per_mille) in [("3% errors", 30), ("chatter only", 0)] {
+    for (name, per_mille, unmatched, mask) in cases {
+        let rules = rules.clone();
+        let tagger =
+            Arc::new(Tagger { rules, shape: Shape::journald(), unmatched, mask: mask.clone() });
         let mut input = Vec::new();
         corpus::generate(8 << 20, per_mille, &errors, &mut input);
         group.throughput(Throughput::Bytes(input.len() as u64));
-        let mut worker = Worker::new(tagger.clone());
-        let mut out = Vec::with_capacity(1 << 20);
+        let mut worker = Worker::new(tagger);
+        let mut out = Vec::with_capacity(16 << 20);
         group.bench_function(name, |b| {
             b.iter(|| {
                 out.clear();

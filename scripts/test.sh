@@ -3,7 +3,8 @@
 # systemd-journal-remote (to make real journal files), journalctl, openssl (to make the
 # certificates of the TLS tests), the C libraries librdkafka builds against, and tansu, a
 # Kafka-protocol broker the Kafka tests start on loopback (installed once with cargo,
-# about ten minutes on two cores, then cached in cargo's bin directory).
+# about ten minutes on two cores, then cached in cargo's bin directory); then runs every
+# fuzz target for 15 s (cargo-fuzz, installed once the same way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,3 +18,6 @@ fi
 
 cargo test --locked --all-targets
 cargo run --locked --quiet -- rules lint
+
+# Every fuzz target for a bounded time on its seed corpus (cargo-fuzz is installed once).
+bash fuzz/run.sh 15

@@ -15,6 +15,7 @@ use crate::pipeline::{self, Stop};
 use crate::rules_tool;
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
+use crate::tag::mask::Masker;
 use crate::tag::ruleset::RuleSet;
 use crate::tag::{Tagger, TaggerSlot, Unmatched};
 
@@ -115,6 +116,9 @@ struct RunArgs {
     /// What to do with untagged records.
     #[arg(long, value_enum)]
     unmatched: Option<Unmatched>,
+    /// Forward secrets as they are (`[mask] enabled = false`).
+    #[arg(long)]
+    no_mask: bool,
     /// Write rejected lines here, one JSON envelope each.
     #[arg(long, value_name = "PATH")]
     dead_letter: Option<PathBuf>,
@@ -188,6 +192,9 @@ fn settings(args: &RunArgs) -> Result<Settings, Failure> {
     if let Some(unmatched) = args.unmatched {
         settings.unmatched = unmatched;
     }
+    if args.no_mask {
+        settings.mask = Arc::new(Masker::off());
+    }
     if let Some(path) = &args.dead_letter {
         settings.dead_letter = Some(path.clone());
     }
@@ -232,6 +239,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         rules: rules.clone(),
         shape: settings.shape.clone(),
         unmatched: settings.unmatched,
+        mask: settings.mask.clone(),
     }));
     let metrics = Metrics::new(&settings.source_names, &settings.sink_names);
     metrics.rules_loaded(rules.rules().len());

@@ -11,6 +11,7 @@ use crate::metrics::server::MetricsConfig;
 use crate::record::{Shape, ShapeConfig};
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
+use crate::tag::mask::{MaskConfig, Masker};
 use crate::tag::Unmatched;
 
 /// The file's structure. Every table and key is optional; defaults are in `pipeline.toml`.
@@ -21,6 +22,8 @@ pub struct PipelineConfig {
     pub rules: RulesConfig,
     #[serde(default)]
     pub tag: TagConfig,
+    #[serde(default)]
+    pub mask: MaskConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -130,6 +133,7 @@ impl PipelineConfig {
             let problem = match name.as_str() {
                 "rules" => check::<RulesConfig>(value),
                 "tag" => check::<TagConfig>(value),
+                "mask" => check::<MaskConfig>(value),
                 "limits" => check::<LimitsConfig>(value),
                 "run" => check::<RunConfig>(value),
                 "dead_letter" => check::<DeadLetterConfig>(value),
@@ -197,6 +201,8 @@ pub struct Settings {
     pub rules_dir: Option<PathBuf>,
     pub unmatched: Unmatched,
     pub shape: Shape,
+    /// The secret detectors of `[mask]`, built.
+    pub mask: std::sync::Arc<Masker>,
     pub max_line_bytes: usize,
     pub read_bytes: usize,
     pub queue_batches: usize,
@@ -259,6 +265,9 @@ impl Settings {
                     .resolve()
                     .map_err(|message| ConfigError::Value { key: "tag.shape", message })?,
             },
+            mask: Masker::new(&config.mask)
+                .map(std::sync::Arc::new)
+                .map_err(|e| ConfigError::Value { key: "mask", message: e.to_string() })?,
             max_line_bytes: positive("limits.max_line_bytes", limits.max_line_bytes)?,
             read_bytes: positive("limits.read_bytes", limits.read_bytes)?,
             queue_batches: positive("limits.queue_batches", limits.queue_batches)?,

@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 mod dead_letter;
 pub(crate) mod dedupe;
+#[doc(hidden)]
+pub mod fuzz;
 mod kafka;
 pub mod metrics;
 pub mod pipeline;

@@ -389,6 +389,7 @@ fn one_line(
         reject(done, Malformed::TooLong, bytes.slice(kept), len);
     } else {
         let outcome = worker.line(&bytes[line.clone()], &mut done.out);
+        done.counts.masked += worker.take_masked();
         count(outcome, bytes, line, done);
     }
     if done.out.len() > before {

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::record::Shape;
 use crate::tag::category::{Category, CATEGORIES};
+use crate::tag::mask::Masker;
 use crate::tag::ruleset::RuleSet;
 use crate::tag::{Outcome, Tagger, Unmatched, Worker};
 
@@ -50,7 +51,8 @@ pub struct Verdict {
 
 impl Judge {
     pub fn new(rules: Arc<RuleSet>) -> Judge {
-        let tagger = Tagger { rules, shape: Shape::journald(), unmatched: Unmatched::Drop };
+        let mask = Arc::new(Masker::off());
+        let tagger = Tagger { rules, shape: Shape::journald(), unmatched: Unmatched::Drop, mask };
         Judge { worker: Worker::new(Arc::new(tagger)) }
     }
 

@@ -34,6 +34,8 @@ pub struct Counts {
     pub deduplicated: u64,
     /// Summary records the dedupe stage wrote for them.
     pub summaries: u64,
+    /// Secrets masked in forwarded records.
+    pub masked: u64,
 }
 
 impl Counts {
@@ -81,6 +83,7 @@ impl Counts {
         self.forwarded += other.forwarded;
         self.deduplicated += other.deduplicated;
         self.summaries += other.summaries;
+        self.masked += other.masked;
     }
 
     /// The counters as the stats file holds them.
@@ -111,6 +114,7 @@ impl Counts {
             forwarded: self.forwarded,
             deduplicated: self.deduplicated,
             summaries: self.summaries,
+            masked: self.masked,
         }
     }
 }
@@ -131,6 +135,7 @@ pub struct Report {
     pub forwarded: u64,
     pub deduplicated: u64,
     pub summaries: u64,
+    pub masked: u64,
 }
 
 impl Report {
@@ -140,6 +145,9 @@ impl Report {
             "kubetag: {} records read: {} tagged, {} unmatched, {} malformed; {} forwarded",
             self.records_read, self.tagged, self.unmatched, self.malformed, self.forwarded
         );
+        if self.masked > 0 {
+            let _ = write!(text, ", {} secrets masked", self.masked);
+        }
         if self.dead_lettered > 0 {
             let _ = write!(text, ", {} dead-lettered", self.dead_lettered);
         }

@@ -199,3 +199,54 @@ fn tls_peers_are_served_and_plain_ones_refused() {
     let stats = stop(child, &dir);
     assert_eq!(stats["tagged"], 1, "only the TLS peer's record: {stats}");
 }
+
+#[test]
+fn a_peer_trickling_a_line_is_cut_off_and_its_slot_freed() {
+    let extra = "idle_timeout_secs = 30\nline_timeout_secs = 1\nmax_connections = 1\n";
+    let (child, address, out, dir) = listen(extra);
+    let mut slow = TcpStream::connect(&address).unwrap();
+    let mut waiting = TcpStream::connect(&address).unwrap();
+    writeln!(waiting, "{}", json!({"MESSAGE": PULL})).unwrap();
+
+    // One byte every 200 ms: never idle for a second, but the line never ends in time.
+    let started = std::time::Instant::now();
+    let line = format!("{}\n", json!({"MESSAGE": PULL}));
+    let mut cut = false;
+    for byte in line.as_bytes().iter().cycle().take(200) {
+        if slow.write_all(&[*byte]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(cut, "the trickling peer was never disconnected");
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert_eq!(next(&out)["kubetag"]["category"], "image_pull", "the waiting peer is served");
+    drop(waiting);
+    stop(child, &dir);
+}
+
+#[test]
+fn a_tls_handshake_to_a_plain_listener_is_refused() {
+    let (child, address, _out, dir) = listen("");
+    use rustls::pki_types::ServerName;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let socket = TcpStream::connect(&address).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    // The handshake fails at once: kubetag closes instead of waiting for a line.
+    let refused = tls.write_all(b"x\n").and_then(|()| tls.flush());
+    let mut buf = [0u8; 16];
+    let read = tls.read(&mut buf);
+    assert!(refused.is_err() || read.is_err() || read.is_ok_and(|n| n == 0));
+    drop(tls);
+    let stats = stop(child, &dir);
+    assert_eq!(stats["records_read"], 0, "no byte of the handshake is a record: {stats}");
+}

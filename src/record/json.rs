@@ -341,6 +341,10 @@ fn closing(open: u8) -> u8 {
 fn unicode_escape(bytes: &[u8]) -> Result<(char, usize), bool> {
     let unit = |at: usize| -> Result<u32, bool> {
         let hex = bytes.get(at..at + 4).ok_or(true)?;
+        // from_str_radix alone would take a sign: `\u+777` is not an escape.
+        if !hex.iter().all(u8::is_ascii_hexdigit) {
+            return Err(false);
+        }
         let text = std::str::from_utf8(hex).map_err(|_| false)?;
         u32::from_str_radix(text, 16).map_err(|_| false)
     };
@@ -440,6 +444,14 @@ mod tests {
             kinds,
             [Kind::String, Kind::Array, Kind::Null, Kind::Number, Kind::Bool, Kind::Object]
         );
+    }
+
+    #[test]
+    fn a_unicode_escape_takes_hex_digits_only() {
+        // Found by fuzzing: u32::from_str_radix reads "+777" as a number.
+        assert_eq!(scan(r#"{"M":"\u+777"}"#).err(), Some(Malformed::Syntax));
+        assert_eq!(scan(r#"{"M":"\u-777"}"#).err(), Some(Malformed::Syntax));
+        assert!(scan(r#"{"M":"\u00e9"}"#).is_ok());
     }
 
     #[test]

@@ -126,6 +126,8 @@ fn run(args: &ReportArgs) -> Result<(), ReportError> {
         shape: settings.shape.clone(),
         // Only tagged records are read back; the others are just counted.
         unmatched: Unmatched::Drop,
+        // Example messages are printed: secrets in them are masked as in forwarded records.
+        mask: settings.mask.clone(),
     });
     let limits = scan::Limits {
         max_line_bytes: settings.max_line_bytes,

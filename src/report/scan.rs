@@ -300,6 +300,7 @@ mod tests {
             rules: Arc::new(RuleSet::shipped().expect("shipped rules load")),
             shape: Shape::journald(),
             unmatched: Unmatched::Drop,
+            mask: Arc::new(crate::tag::mask::Masker::off()),
         })
     }
 

@@ -108,10 +108,7 @@ fn json(message: &str) -> Option<LogHeader> {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let time = object.get("ts").and_then(|ts| ts.as_f64()).map(|ms| {
-        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(ms.max(0.0) / 1e3);
-        humantime::format_rfc3339_millis(time).to_string()
-    });
+    let time = object.get("ts").and_then(|ts| ts.as_f64()).and_then(json_time);
     let level = if object.contains_key("err") { "error" } else { "info" };
     let skip = ["ts", "caller", "msg", "v"];
     let fields = object
@@ -129,6 +126,19 @@ fn json(message: &str) -> Option<LogHeader> {
         message: object.get("msg").map(text),
         fields,
     })
+}
+
+/// 10000-01-01T00:00:00Z in milliseconds since the epoch.
+const MAX_RFC3339_MILLIS: f64 = 253_402_300_800_000.0;
+
+/// kubelet's JSON `ts` (milliseconds since the epoch) in RFC 3339. A time past year 9999
+/// cannot be written in RFC 3339 (and would overflow a Duration further on): left out.
+fn json_time(ms: f64) -> Option<String> {
+    if !(0.0..MAX_RFC3339_MILLIS).contains(&ms) {
+        return None;
+    }
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(ms / 1e3);
+    Some(humantime::format_rfc3339_millis(time).to_string())
 }
 
 /// A Go-quoted string at the start of `text`: its value and what follows it.
@@ -187,6 +197,17 @@ mod tests {
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn json_times_past_year_9999_are_left_out() {
+        // Found by fuzzing: humantime cannot print such a time, and to_string panicked.
+        let header = parse(r#"{"ts":175312129415774375,"msg":"x"}"#).unwrap();
+        assert_eq!(header.time, None);
+        let header = parse(r#"{"ts":1e300,"msg":"x"}"#).unwrap();
+        assert_eq!(header.time, None);
+        let header = parse(r#"{"ts":1700000000123.4,"msg":"x"}"#).unwrap();
+        assert_eq!(header.time.as_deref(), Some("2023-11-14T22:13:20.123Z"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub(crate) mod category;
 pub(crate) mod component;
 mod enrich;
 pub(crate) mod header;
+pub mod mask;
 pub(crate) mod route;
 pub(crate) mod rules;
 pub(crate) mod ruleset;
@@ -22,6 +23,7 @@ use crate::record::json::{self, Field};
 use crate::record::{Malformed, Message, Record, Shape};
 use category::Category;
 use component::Component;
+use mask::{MaskScratch, Masker};
 use route::Route;
 use rules::RuleErrors;
 use ruleset::{RuleSet, Scratch};
@@ -41,6 +43,8 @@ pub struct Tagger {
     pub rules: Arc<RuleSet>,
     pub shape: Shape,
     pub unmatched: Unmatched,
+    /// Secrets masked in every forwarded line.
+    pub mask: Arc<Masker>,
 }
 
 /// The tagger in use. A reload builds a whole new one beside it and swaps it in; workers
@@ -73,8 +77,8 @@ impl TaggerSlot {
     pub fn reload(&self, dir: Option<&std::path::Path>) -> Result<Arc<RuleSet>, RuleErrors> {
         let rules = Arc::new(RuleSet::load(dir)?);
         let mut slot = self.0.tagger.lock().unwrap_or_else(|e| e.into_inner());
-        let (shape, unmatched) = (slot.shape.clone(), slot.unmatched);
-        *slot = Arc::new(Tagger { rules: rules.clone(), shape, unmatched });
+        let (shape, unmatched, mask) = (slot.shape.clone(), slot.unmatched, slot.mask.clone());
+        *slot = Arc::new(Tagger { rules: rules.clone(), shape, unmatched, mask });
         // Under the lock, so a worker that sees the new generation finds the new tagger.
         self.0.generation.fetch_add(1, Ordering::AcqRel);
         Ok(rules)
@@ -108,13 +112,17 @@ pub struct Worker {
     close: usize,
     /// The slot generation `tagger` came from.
     generation: u64,
+    mask: MaskScratch,
+    /// Secrets masked since the last `take_masked`.
+    masked: u64,
 }
 
 impl Worker {
     pub fn new(tagger: Arc<Tagger>) -> Worker {
         let (fields, message, matches) = (Vec::new(), Vec::new(), Scratch::default());
-        let (routes, route, close, generation) = (false, None, 0, 0);
-        Worker { tagger, fields, message, matches, routes, route, close, generation }
+        let mask = MaskScratch::default();
+        let (routes, route, close, generation, masked) = (false, None, 0, 0, 0);
+        Worker { tagger, fields, message, matches, routes, route, close, generation, mask, masked }
     }
 
     /// Takes up the slot's tagger if a reload swapped in a new one since the last look.
@@ -137,7 +145,9 @@ impl Worker {
     }
 
     /// Judges one line (without its newline) and appends what is forwarded to `out`.
+    /// Secrets in it are masked.
     pub fn line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Outcome {
+        let start = out.len();
         let outcome = self.judge(line, out);
         let unmatched = matches!(outcome, Outcome::Unmatched | Outcome::Omitted);
         if unmatched && self.tagger.unmatched == Unmatched::Pass {
@@ -147,7 +157,15 @@ impl Worker {
                 self.route = Some(self.unmatched_route(line));
             }
         }
+        if out.len() > start {
+            self.masked += self.tagger.mask.mask(out, start, &mut self.mask);
+        }
         outcome
+    }
+
+    /// How many secrets were masked since the last call.
+    pub fn take_masked(&mut self) -> u64 {
+        std::mem::take(&mut self.masked)
     }
 
     /// The facts of the record the last `line` forwarded, if it forwarded one and this
@@ -319,7 +337,8 @@ mod tests {
 
     fn worker(unmatched: Unmatched) -> Worker {
         let rules = Arc::new(RuleSet::shipped().expect("shipped rules load"));
-        Worker::new(Arc::new(Tagger { rules, shape: Shape::journald(), unmatched }))
+        let mask = Arc::new(Masker::new(&mask::MaskConfig::default()).unwrap());
+        Worker::new(Arc::new(Tagger { rules, shape: Shape::journald(), unmatched, mask }))
     }
 
     fn run(worker: &mut Worker, line: &str) -> (Outcome, String) {
