@@ -247,7 +247,22 @@ impl Feed {
     pub(crate) fn send(&self, frame: Frame, ack: Option<Ack>) -> bool {
         let (reply, result) = flume::bounded(1);
         let pending = Pending { source: self.source, reply: result };
-        self.pending.send(pending).is_ok() && self.jobs.send(Job { frame, ack, reply }).is_ok()
+        if self.pending.send(pending).is_err() {
+            abandon(ack.as_ref());
+            return false;
+        }
+        self.queue(Job { frame, ack, reply })
+    }
+
+    /// Hands a job whose place in the order is taken to the workers.
+    fn queue(&self, job: Job) -> bool {
+        match self.jobs.send(job) {
+            Ok(()) => true,
+            Err(flume::SendError(job)) => {
+                abandon(job.ack.as_ref());
+                false
+            }
+        }
     }
 
     /// Queues a frame if the pipeline takes it within `wait`, for sources that must keep
@@ -263,10 +278,24 @@ impl Feed {
         match self.pending.send_timeout(pending, wait) {
             Ok(()) => {}
             Err(flume::SendTimeoutError::Timeout(_)) => return Err(Refused::Busy(frame, ack)),
-            Err(flume::SendTimeoutError::Disconnected(_)) => return Err(Refused::Closed),
+            Err(flume::SendTimeoutError::Disconnected(_)) => {
+                abandon(ack.as_ref());
+                return Err(Refused::Closed);
+            }
         }
         // A place in the order is taken; the workers' queue frees up without the sinks.
-        self.jobs.send(Job { frame, ack, reply }).map_err(|_| Refused::Closed)
+        match self.queue(Job { frame, ack, reply }) {
+            true => Ok(()),
+            false => Err(Refused::Closed),
+        }
+    }
+}
+
+/// Marks a frame that will never be tagged or delivered, so that its source does not
+/// checkpoint past it when its ack drops (a dropped ack otherwise counts as delivered).
+pub(crate) fn abandon(ack: Option<&Ack>) {
+    if let Some(ack) = ack {
+        ack.fail();
     }
 }
 
@@ -324,7 +353,11 @@ fn spawn_worker(
             worker.refresh(&slot);
             let mut done = process(&mut worker, job.frame, max_line_bytes);
             done.ack = job.ack;
-            let _ = job.reply.send(done);
+            // No one waits for the result any more (the run is stopping): its frame was
+            // not delivered.
+            if let Err(flume::SendError(done)) = job.reply.send(done) {
+                abandon(done.ack.as_ref());
+            }
         }
     })
 }
@@ -668,5 +701,53 @@ impl RateLimit {
             tracing::warn!(count = self.suppressed, "more malformed lines skipped");
             self.suppressed = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::Progress;
+
+    fn frame() -> Frame {
+        Frame::Lines(Bytes::from_static(b"{}\n"))
+    }
+
+    /// A frame the pipeline refuses or drops unanswered is never delivered: its source
+    /// must not checkpoint past it.
+    #[test]
+    fn an_abandoned_frame_holds_the_checkpoint_back() {
+        let progress: Arc<Progress> = Arc::new(Progress::default());
+        drop(progress.ack("first".into()));
+
+        // The pipeline has closed.
+        let (jobs, job_queue) = flume::bounded(1);
+        let (pending, pending_queue) = flume::bounded(1);
+        drop((job_queue, pending_queue));
+        let feed = Feed { source: 0, jobs, pending };
+        assert!(!feed.send(frame(), Some(progress.ack("second".into()))));
+        let refused = feed.offer(frame(), Some(progress.ack("third".into())), Duration::ZERO);
+        assert!(matches!(refused, Err(Refused::Closed)));
+        assert_eq!(progress.committed().as_deref(), Some("first"));
+        assert!(!progress.settled());
+
+        // A worker's result that no one waits for any more.
+        let progress: Arc<Progress> = Arc::new(Progress::default());
+        let (jobs, job_queue) = flume::bounded(1);
+        let (reply, result) = flume::bounded(1);
+        drop(result);
+        jobs.send(Job { frame: frame(), ack: Some(progress.ack("only".into())), reply }).unwrap();
+        drop(jobs);
+        let rules = Arc::new(crate::tag::ruleset::RuleSet::shipped().unwrap());
+        let tagger = crate::tag::Tagger {
+            rules,
+            shape: crate::record::Shape::journald(),
+            unmatched: crate::tag::Unmatched::Drop,
+            mask: Arc::new(crate::tag::mask::Masker::off()),
+        };
+        let slot = TaggerSlot::new(Arc::new(tagger));
+        let worker = (Worker::new(slot.current()), slot);
+        spawn_worker(0, job_queue, worker, 1 << 20).unwrap().join().unwrap();
+        assert_eq!(progress.committed(), None);
     }
 }

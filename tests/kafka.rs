@@ -239,6 +239,10 @@ fn consume(servers: &str, topics: &[(String, i32)], want: usize, wait: Duration)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "50")
+        // Whole batches in every fetch: tansu 0.6 mishandles one that resumes inside a batch.
+        .set("max.partition.fetch.bytes", "104857600")
+        .set("fetch.max.bytes", "104857600")
+        .set("receive.message.max.bytes", "209715200")
         .create()
         .unwrap();
     let mut list = TopicPartitionList::new();

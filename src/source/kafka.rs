@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::ack::Progress;
 use crate::kafka::{client_config, KafkaUrl, Outage};
 use crate::metrics::Metrics;
-use crate::pipeline::{Feed, Refused, Stop};
+use crate::pipeline::{abandon, Feed, Refused, Stop};
 use crate::source::lines::{Frame, Origin, Whole, KEPT_PREFIX_BYTES};
 use crate::tag::route::Headers;
 
@@ -378,6 +378,7 @@ impl Reader {
                 Err(Refused::Busy(frame, ack)) => offer = (frame, ack),
             }
             if stop.requested() {
+                abandon(offer.1.as_ref());
                 return false;
             }
             self.pause();
