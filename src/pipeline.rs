@@ -163,8 +163,10 @@ pub fn run(
     metrics.running(false);
     drop(pending_queue);
     for consumer in consumers {
-        if let Ok(Err(e)) = consumer.join() {
-            collector.failures.push(format!("reading input: {e}"));
+        match consumer.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => collector.failures.push(format!("reading input: {e}")),
+            Err(_) => collector.failures.push("a kafka source stopped on a bug".into()),
         }
     }
     if stop.requested() {
@@ -173,8 +175,10 @@ pub fn run(
         drop((readers, workers));
     } else {
         for reader in readers {
-            if let Ok(Err(e)) = reader.join() {
-                collector.failures.push(format!("reading input: {e}"));
+            match reader.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => collector.failures.push(format!("reading input: {e}")),
+                Err(_) => collector.failures.push("a source stopped on a bug".into()),
             }
         }
         for worker in workers {
@@ -185,12 +189,34 @@ pub fn run(
 
     // Every sink has flushed: what they delivered can be checkpointed.
     timer.stop();
-    for checkpoint in &checkpoints {
-        if let Err(e) = checkpoint.finish() {
-            finished.failures.push(format!("saving a checkpoint: {e}"));
-        }
-    }
+    finished.failures.extend(finish_checkpoints(checkpoints, settings.shutdown_timeout));
     Ok(finished)
+}
+
+/// Saves every checkpoint a last time and lets go of them (a Kafka consumer commits and
+/// leaves its group), waiting at most `wait`: brokers that are away must not hold the
+/// exit. Offsets left uncommitted only make a restart repeat records.
+fn finish_checkpoints(checkpoints: Vec<Arc<dyn Checkpoint>>, wait: Duration) -> Vec<String> {
+    if checkpoints.is_empty() {
+        return Vec::new();
+    }
+    let (done, finished) = flume::bounded(1);
+    let thread = std::thread::Builder::new().name("last checkpoints".into()).spawn(move || {
+        let failures: Vec<String> = checkpoints
+            .iter()
+            .filter_map(|c| c.finish().err())
+            .map(|e| format!("saving a checkpoint: {e}"))
+            .collect();
+        drop(checkpoints);
+        let _ = done.send(failures);
+    });
+    if let Err(e) = thread {
+        return vec![format!("saving the checkpoints: {e}")];
+    }
+    match finished.recv_timeout(wait) {
+        Ok(failures) => failures,
+        Err(_) => vec![format!("checkpoints not saved within {}s", wait.as_secs())],
+    }
 }
 
 /// Saves checkpoints on a timer, so a quiet journal still records what was delivered.
@@ -514,7 +540,10 @@ impl Collector {
             }
             let pending = match queue.recv_timeout(Duration::from_millis(100)) {
                 Ok(pending) => pending,
-                Err(flume::RecvTimeoutError::Timeout) if stop.requested() => break,
+                Err(flume::RecvTimeoutError::Timeout) if stop.requested() => {
+                    self.stopping_since.get_or_insert_with(Instant::now);
+                    break;
+                }
                 Err(flume::RecvTimeoutError::Timeout) => continue,
                 Err(flume::RecvTimeoutError::Disconnected) => return,
             };
@@ -611,6 +640,14 @@ impl Collector {
         }
     }
 
+    /// When a stopping run gives up on what is left; `None` unless a stop was asked.
+    fn shutdown_deadline(&mut self) -> Option<Instant> {
+        if !self.stop.requested() {
+            return None;
+        }
+        Some(*self.stopping_since.get_or_insert_with(Instant::now) + self.shutdown_timeout)
+    }
+
     fn past_shutdown_deadline(&mut self) -> bool {
         if !self.stop.requested() {
             return false;
@@ -653,7 +690,18 @@ impl Collector {
                 (sink.label, sink.is_stdout, sink.thread)
             })
             .collect();
+        let deadline = self.shutdown_deadline();
         for (label, is_stdout, thread) in threads {
+            // After a stop, a sink still retrying at the deadline is left behind: the
+            // records it holds stay unacknowledged, so no checkpoint passes them.
+            while deadline.is_some_and(|at| Instant::now() < at) && !thread.is_finished() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if deadline.is_some() && !thread.is_finished() {
+                self.failures
+                    .push(format!("sink {label}: still delivering at the shutdown timeout"));
+                continue;
+            }
             match thread.join() {
                 Ok(Ok(())) => {}
                 // A closed stdout (`| head`) ends the run quietly.

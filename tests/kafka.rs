@@ -202,7 +202,10 @@ fn producer(servers: &str) -> BaseProducer {
 fn produce(servers: &str, topic: &str, partitions: i32, lines: &[Vec<u8>]) {
     let producer = producer(servers);
     for (i, line) in lines.iter().enumerate() {
-        let headers = OwnedHeaders::new().insert(Header { key: "shipper", value: Some("test") });
+        // A shipper's header passes through; a forged kubetag-category does not.
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "shipper", value: Some("test") })
+            .insert(Header { key: "kubetag-category", value: Some("forged") });
         let mut record = BaseRecord::to(topic)
             .payload(&line[..])
             .key("k")
@@ -228,6 +231,8 @@ struct Got {
     topic: String,
     key: String,
     headers: BTreeMap<String, String>,
+    /// How many `kubetag-category` headers the message has.
+    category_headers: usize,
     payload: Vec<u8>,
 }
 
@@ -270,7 +275,11 @@ fn consume(servers: &str, topics: &[(String, i32)], want: usize, wait: Duration)
                 })
                 .collect()
         });
+        let category_headers = message
+            .headers()
+            .map_or(0, |h| h.iter().filter(|h| h.key == "kubetag-category").count());
         got.push(Got {
+            category_headers,
             topic: message.topic().to_string(),
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
             headers,
@@ -354,8 +363,31 @@ fn timestamp(payload: &[u8]) -> String {
     record["__REALTIME_TIMESTAMP"].as_str().unwrap().to_string()
 }
 
+/// A kubetag process, killed when the test lets go of it (also when the test fails).
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts kubetag with `args`, its stderr (JSON logs) collected.
-fn start(args: &[String]) -> (Child, Arc<Mutex<Vec<Value>>>) {
+fn start(args: &[String]) -> (Running, Arc<Mutex<Vec<Value>>>) {
     let mut child = kubetag_tool()
         .args(["--log-level", "info", "--log-format", "json"])
         .args(args)
@@ -372,7 +404,7 @@ fn start(args: &[String]) -> (Child, Arc<Mutex<Vec<Value>>>) {
             held.lock().unwrap().push(log);
         }
     });
-    (child, logs)
+    (Running(child), logs)
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
@@ -490,6 +522,7 @@ fn a_journal_topic_yields_its_errors_on_category_topics() {
         let category = record["kubetag"]["category"].as_str().unwrap();
         assert_eq!(message.topic, format!("{prefix}.{category}"));
         assert_eq!(message.headers["kubetag-category"], category);
+        assert_eq!(message.category_headers, 1, "the input's forged one is gone");
         assert_eq!(message.headers["shipper"], "test", "input headers pass through");
         let attributes = &record["kubetag"]["attributes"];
         let part = |key: &str| attributes[key].as_str().unwrap_or_default().to_string();
@@ -859,6 +892,7 @@ fn kafka_settings_are_checked_before_anything_runs() {
         ("--input", "kafka://127.0.0.1:9/journal", "group"),
         ("--input", "kafka://127.0.0.1:9/journal?group=g&until_end=maybe", "until_end"),
         ("--output", "kafka://127.0.0.1:9/kube-errors.{categroy}", "unknown field"),
+        ("--input", "kafka://127.0.0.1:9/a,b?group=g&until_end=true", "one topic"),
         ("--output", "kafka://nowhere/t", "HOST:PORT"),
     ];
     for (flag, url, says) in bad {

@@ -513,3 +513,37 @@ fn sigterm_with_a_sink_down_gives_up_after_the_shutdown_timeout() {
     assert!(started.elapsed() < Duration::from_secs(30), "{stderr}");
     assert!(stderr.contains(&sink), "{stderr}");
 }
+
+#[test]
+fn sigterm_with_a_sink_that_never_reads_exits_at_the_shutdown_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n[limits]\nqueue_batches = 1\n")
+        .unwrap();
+    // A peer that takes the connection and never reads: writes block, then time out.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink = format!("tcp://{}", peer.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let connections: Vec<_> = peer.incoming().take(8).collect();
+        std::thread::sleep(Duration::from_secs(60));
+        drop(connections);
+    });
+    let mut kubetag = Kubetag::start(&["--config", config.to_str().unwrap(), "--output", &sink]);
+    let mut stdin = kubetag.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        for chunk in 0..200 {
+            let text: String = (chunk * 500..(chunk + 1) * 500).map(record).collect();
+            if stdin.write_all(text.as_bytes()).and_then(|()| stdin.flush()).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let pid = kubetag.child.as_ref().unwrap().id();
+    std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    let (status, stderr) = kubetag.finish();
+    assert_eq!(status.code(), Some(1), "undelivered records fail the run: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}: {stderr}", started.elapsed());
+    drop(held);
+}

@@ -92,7 +92,7 @@ impl KafkaSinkConfig {
         let config = client_config(&self.brokers, &defaults, &self.properties);
         let stats = Arc::new(Delivered::default());
         let (outage, retries) = (Outage::new("producer"), Mutex::default());
-        let context = Context { outage, stats, counters, retries };
+        let context = Context { outage, stats, counters, retries, refusals: Refusals::default() };
         let producer =
             config.create_with_context(context).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(KafkaProducer(producer))
@@ -179,6 +179,26 @@ pub(crate) struct Delivered {
     retried: AtomicU64,
 }
 
+/// Logs the first refused message, then at most one count every ten seconds.
+#[derive(Default)]
+struct Refusals(Mutex<(Option<Instant>, u64)>);
+
+impl Refusals {
+    fn allow(&self) -> bool {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, suppressed) = &mut *state;
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
+            *suppressed += 1;
+            return false;
+        }
+        if *suppressed > 0 {
+            tracing::error!(count = *suppressed, "kafka: more messages refused");
+        }
+        (*last, *suppressed) = (Some(Instant::now()), 0);
+        true
+    }
+}
+
 /// A message waiting to be produced again.
 struct Resend {
     topic: String,
@@ -193,6 +213,7 @@ struct Context {
     outage: Outage,
     stats: Arc<Delivered>,
     counters: Counters,
+    refusals: Refusals,
     retries: Mutex<Vec<Resend>>,
 }
 
@@ -232,7 +253,9 @@ impl ProducerContext for Context {
             };
             self.retries.lock().unwrap_or_else(|e| e.into_inner()).push(resend);
         } else {
-            tracing::error!(error = %error, topic = message.topic(), "kafka: message refused");
+            if self.refusals.allow() {
+                tracing::error!(error = %error, topic = message.topic(), "kafka: message refused");
+            }
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             self.counters.failed(1);
             batch.fail();
@@ -388,10 +411,12 @@ impl Producing<'_> {
             &mut *self.producer.context().retries.lock().unwrap_or_else(|e| e.into_inner()),
         );
         let lost = left as usize + retries.len();
+        // Those still in the producer are counted as failed by their purge's delivery
+        // report when the producer drops; the resends waiting here are counted now.
+        self.producer.context().counters.failed(retries.len() as u64);
         for resend in retries {
             resend.batch.fail();
         }
-        self.producer.context().counters.failed(lost as u64);
         // Dropping the producer purges what is queued; each purged message's batch fails.
         Err(io::Error::other(format!(
             "{}: {lost} message(s) undelivered at the flush timeout",
@@ -400,14 +425,17 @@ impl Producing<'_> {
     }
 }
 
+const CATEGORY_HEADER: &str = "kubetag-category";
+
 /// The input's headers, then `kubetag-category`.
 fn headers(route: &Route) -> OwnedHeaders {
     let given = route.headers.as_deref().map_or(&[][..], Vec::as_slice);
     let mut headers = OwnedHeaders::new_with_capacity(given.len() + 1);
-    for (key, value) in given {
+    // An input's own kubetag-category would be read first by many consumers: it goes.
+    for (key, value) in given.iter().filter(|(key, _)| key != CATEGORY_HEADER) {
         headers = headers.insert(Header { key, value: value.as_deref() });
     }
-    headers.insert(Header { key: "kubetag-category", value: Some(route.category) })
+    headers.insert(Header { key: CATEGORY_HEADER, value: Some(route.category) })
 }
 
 #[cfg(test)]

@@ -83,6 +83,10 @@ impl KafkaConfig {
         if self.batch_records == 0 {
             return Err(io::Error::other("batch_records must be at least 1"));
         }
+        // librdkafka reports a partition's end without its topic.
+        if self.until_end && self.topics.len() > 1 {
+            return Err(io::Error::other("until_end reads one topic: run one kubetag a topic"));
+        }
         self.consumer(None).map(|_| ())
     }
 
@@ -96,6 +100,8 @@ impl KafkaConfig {
             // kubetag started is checked too.
             ("auto.offset.reset", "earliest"),
             ("fetch.wait.max.ms", "100"),
+            // What librdkafka fetches ahead is bounded, like every queue of the pipeline.
+            ("queued.max.messages.kbytes", "16384"),
             ("enable.partition.eof", if self.until_end { "true" } else { "false" }),
             // librdkafka's statistics carry each partition's consumer lag.
             ("statistics.interval.ms", if metrics.is_some() { "5000" } else { "0" }),
@@ -341,8 +347,7 @@ impl Reader {
     }
 
     fn end_of(&mut self, partition: i32) {
-        // librdkafka names only the partition; with one topic that is enough, and with
-        // several every topic's partition must report its end anyway.
+        // librdkafka names only the partition: `until_end` takes one topic (checked).
         for topic in &self.source.config.topics {
             self.ended.insert((topic.clone(), partition), ());
         }
@@ -424,6 +429,41 @@ impl Reader {
     }
 }
 
+/// A message's headers. rdkafka panics on a header key that is not UTF-8; such a message
+/// keeps its record and loses its headers, with a warning.
+fn read_headers(headers: &rdkafka::message::BorrowedHeaders) -> Option<Arc<Headers>> {
+    quiet_header_panics();
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let list: Headers =
+            headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect();
+        list
+    }));
+    match read {
+        Ok(list) => Some(Arc::new(list)),
+        Err(_) => {
+            tracing::warn!("kafka: headers with a key that is not UTF-8 dropped from a message");
+            None
+        }
+    }
+}
+
+/// Keeps the panic rdkafka raises on a header key that is not UTF-8, which
+/// [`read_headers`] catches, off stderr; every other panic is reported as before.
+fn quiet_header_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_headers = info
+                .location()
+                .is_some_and(|l| l.file().contains("rdkafka") && l.file().ends_with("message.rs"));
+            if !in_headers {
+                report(info);
+            }
+        }));
+    });
+}
+
 /// Messages gathered into one frame.
 struct Batch {
     bytes: Vec<u8>,
@@ -467,11 +507,7 @@ impl Batch {
                 }
             }
         }
-        let headers = message.headers().map(|headers| {
-            let list: Headers =
-                headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect();
-            Arc::new(list)
-        });
+        let headers = message.headers().and_then(read_headers);
         let range = start..self.bytes.len();
         self.records.push(Whole { range, len: body.len() as u64, headers, origin });
     }
