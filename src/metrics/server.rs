@@ -16,11 +16,11 @@ use serde::Deserialize;
 use super::Metrics;
 
 fn default_max_connections() -> usize {
-    8
+    32
 }
 
 fn default_request_timeout_ms() -> u64 {
-    5000
+    2000
 }
 
 /// `[metrics]`: off unless an address is given.
