@@ -92,7 +92,12 @@ impl Outage {
         let Some(since) = state.since else {
             state.since = Some(now);
             state.last_summary = Some(now);
-            tracing::warn!(client = self.role, error = %error, reason, "kafka: brokers unreachable, waiting");
+            // A topic that does not exist is the configuration's trouble, not the network's.
+            if error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
+                tracing::warn!(client = self.role, error = %error, reason, "kafka: topic not found, waiting for it");
+            } else {
+                tracing::warn!(client = self.role, error = %error, reason, "kafka: brokers unreachable, waiting");
+            }
             return;
         };
         if state.last_summary.map_or(true, |last| now - last >= Self::SUMMARY_EVERY) {
