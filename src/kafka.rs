@@ -93,10 +93,11 @@ impl Outage {
             state.since = Some(now);
             state.last_summary = Some(now);
             // A topic that does not exist is the configuration's trouble, not the network's.
+            let client = self.role;
             if error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
-                tracing::warn!(client = self.role, error = %error, reason, "kafka: topic not found, waiting for it");
+                tracing::warn!(client, %error, reason, "kafka: topic not found, waiting for it");
             } else {
-                tracing::warn!(client = self.role, error = %error, reason, "kafka: brokers unreachable, waiting");
+                tracing::warn!(client, %error, reason, "kafka: brokers unreachable, waiting");
             }
             return;
         };

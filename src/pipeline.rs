@@ -514,7 +514,8 @@ impl Collector {
         shutdown_timeout: Duration,
     ) -> Collector {
         let lines = vec![0; labels.len()];
-        let (counts, failures, logged) = (Counts::default(), Vec::new(), RateLimit::new());
+        let logged = RateLimit::new(|count| tracing::warn!(count, "more malformed lines skipped"));
+        let (counts, failures) = (Counts::default(), Vec::new());
         let (dead_sinks, stopping_since) = (Vec::new(), None);
         Collector {
             labels,
@@ -716,20 +717,23 @@ impl Collector {
     }
 }
 
-/// Logs the first of a kind of event, then at most one summary every ten seconds.
-struct RateLimit {
+/// Logs the first of a kind of event, then at most one summary every ten seconds, which
+/// `summary` writes with the count of events left out.
+pub(crate) struct RateLimit {
     last: Option<Instant>,
     suppressed: u64,
+    summary: fn(u64),
 }
 
 impl RateLimit {
     const EVERY: Duration = Duration::from_secs(10);
 
-    fn new() -> RateLimit {
-        RateLimit { last: None, suppressed: 0 }
+    pub(crate) fn new(summary: fn(u64)) -> RateLimit {
+        RateLimit { last: None, suppressed: 0, summary }
     }
 
-    fn allow(&mut self) -> bool {
+    /// Whether this event is to be logged; if not, it is counted for the next summary.
+    pub(crate) fn allow(&mut self) -> bool {
         let now = Instant::now();
         match self.last {
             Some(last) if now.duration_since(last) < Self::EVERY => {
@@ -744,9 +748,9 @@ impl RateLimit {
         }
     }
 
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         if self.suppressed > 0 {
-            tracing::warn!(count = self.suppressed, "more malformed lines skipped");
+            (self.summary)(self.suppressed);
             self.suppressed = 0;
         }
     }

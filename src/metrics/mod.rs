@@ -75,6 +75,11 @@ impl SinkCounters {
         self.retried.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records sent and failed, and attempts retried, so far.
+    pub(crate) fn totals(&self) -> (u64, u64, u64) {
+        (load(&self.sent), load(&self.failed), load(&self.retried))
+    }
+
     /// The sink's thread stopped: it takes nothing more.
     pub(crate) fn down(&self) {
         self.down.store(true, Ordering::SeqCst);

@@ -9,8 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -21,6 +20,7 @@ use serde::Deserialize;
 
 use super::{Batch, Counters};
 use crate::kafka::{client_config, KafkaUrl, Outage};
+use crate::pipeline::RateLimit;
 use crate::tag::route::{Route, Routed};
 
 /// `[sinks.NAME] type = "kafka"`.
@@ -90,9 +90,8 @@ impl KafkaSinkConfig {
             ("acks", "all"),
         ];
         let config = client_config(&self.brokers, &defaults, &self.properties);
-        let stats = Arc::new(Delivered::default());
         let (outage, retries) = (Outage::new("producer"), Mutex::default());
-        let context = Context { outage, stats, counters, retries, refusals: Refusals::default() };
+        let context = Context { outage, counters, retries, refusals: Refusals::default() };
         let producer =
             config.create_with_context(context).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(KafkaProducer(producer))
@@ -171,31 +170,19 @@ impl Template {
 /// A sink's producer, ready to run.
 pub(crate) struct KafkaProducer(BaseProducer<Context>);
 
-/// What the producer did, for the logs and the end of the run.
-#[derive(Default)]
-pub(crate) struct Delivered {
-    sent: AtomicU64,
-    failed: AtomicU64,
-    retried: AtomicU64,
-}
-
 /// Logs the first refused message, then at most one count every ten seconds.
-#[derive(Default)]
-struct Refusals(Mutex<(Option<Instant>, u64)>);
+struct Refusals(Mutex<RateLimit>);
+
+impl Default for Refusals {
+    fn default() -> Self {
+        let summary = |count| tracing::error!(count, "kafka: more messages refused");
+        Refusals(Mutex::new(RateLimit::new(summary)))
+    }
+}
 
 impl Refusals {
     fn allow(&self) -> bool {
-        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (last, suppressed) = &mut *state;
-        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
-            *suppressed += 1;
-            return false;
-        }
-        if *suppressed > 0 {
-            tracing::error!(count = *suppressed, "kafka: more messages refused");
-        }
-        (*last, *suppressed) = (Some(Instant::now()), 0);
-        true
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).allow()
     }
 }
 
@@ -211,10 +198,16 @@ struct Resend {
 /// The producer's callbacks.
 struct Context {
     outage: Outage,
-    stats: Arc<Delivered>,
     counters: Counters,
     refusals: Refusals,
     retries: Mutex<Vec<Resend>>,
+}
+
+impl Context {
+    /// The messages waiting to be produced again.
+    fn retries(&self) -> std::sync::MutexGuard<'_, Vec<Resend>> {
+        self.retries.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl ClientContext for Context {
@@ -234,7 +227,6 @@ impl ProducerContext for Context {
         let (error, message) = match result {
             Ok(_) => {
                 self.outage.ok();
-                self.stats.sent.fetch_add(1, Ordering::Relaxed);
                 self.counters.sent(1);
                 return;
             }
@@ -242,7 +234,6 @@ impl ProducerContext for Context {
         };
         if passing(error) {
             self.outage.error(error, "delivering");
-            self.stats.retried.fetch_add(1, Ordering::Relaxed);
             self.counters.retried();
             let resend = Resend {
                 topic: message.topic().to_string(),
@@ -251,12 +242,11 @@ impl ProducerContext for Context {
                 headers: message.headers().map(|h| h.detach()),
                 batch,
             };
-            self.retries.lock().unwrap_or_else(|e| e.into_inner()).push(resend);
+            self.retries().push(resend);
         } else {
             if self.refusals.allow() {
                 tracing::error!(error = %error, topic = message.topic(), "kafka: message refused");
             }
-            self.stats.failed.fetch_add(1, Ordering::Relaxed);
             self.counters.failed(1);
             batch.fail();
         }
@@ -292,7 +282,7 @@ pub(crate) fn run(
     KafkaProducer(producer): KafkaProducer,
     batches: flume::Receiver<Batch>,
 ) -> io::Result<()> {
-    let stats = producer.context().stats.clone();
+    let counters = producer.context().counters.clone();
     let mut sink = Producing { config: &config, producer: &producer, topic: String::new() };
     let mut last_resend = Instant::now();
     loop {
@@ -308,10 +298,9 @@ pub(crate) fn run(
         }
     }
     sink.drain(Duration::from_millis(config.flush_timeout_ms))?;
-    let (sent, retried) =
-        (stats.sent.load(Ordering::Relaxed), stats.retried.load(Ordering::Relaxed));
+    let (sent, failed, retried) = counters.totals();
     tracing::info!(sink = %config.label(), sent, retried, "kafka: producer finished");
-    match stats.failed.load(Ordering::Relaxed) {
+    match failed {
         0 => Ok(()),
         failed => Err(io::Error::other(format!(
             "{}: {failed} message(s) refused by the brokers",
@@ -358,9 +347,7 @@ impl Producing<'_> {
                 }
                 Err((error, back)) => {
                     tracing::error!(error = %error, topic = back.topic, "kafka: cannot produce");
-                    let context = self.producer.context();
-                    context.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    context.counters.failed(1);
+                    self.producer.context().counters.failed(1);
                     back.delivery_opaque.fail();
                     return;
                 }
@@ -370,9 +357,7 @@ impl Producing<'_> {
 
     /// Produces again what failed for a passing reason.
     fn resend(&self) {
-        let retries = std::mem::take(
-            &mut *self.producer.context().retries.lock().unwrap_or_else(|e| e.into_inner()),
-        );
+        let retries = std::mem::take(&mut *self.producer.context().retries());
         for resend in retries {
             let key = resend.key.as_deref().unwrap_or_default();
             let mut record = BaseRecord::with_opaque_to(&resend.topic, resend.batch)
@@ -392,13 +377,7 @@ impl Producing<'_> {
             self.resend();
             let _ = self.producer.flush(Duration::from_millis(200));
             let waiting = self.producer.in_flight_count() > 0
-                || !self
-                    .producer
-                    .context()
-                    .retries
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_empty();
+                || !self.producer.context().retries().is_empty();
             if !waiting {
                 return Ok(());
             }
@@ -407,9 +386,7 @@ impl Producing<'_> {
             }
         }
         let left = self.producer.in_flight_count();
-        let retries = std::mem::take(
-            &mut *self.producer.context().retries.lock().unwrap_or_else(|e| e.into_inner()),
-        );
+        let retries = std::mem::take(&mut *self.producer.context().retries());
         let lost = left as usize + retries.len();
         // Those still in the producer are counted as failed by their purge's delivery
         // report when the producer drops; the resends waiting here are counted now.

@@ -265,13 +265,18 @@ impl KafkaSource {
     /// Reads until `stop` is asked (or, with `until_end`, until every assigned partition is
     /// read to its end).
     pub(crate) fn run(self, feed: Feed, stop: Stop) -> io::Result<()> {
-        tracing::info!(topics = ?self.config.topics, group = %self.config.group, "kafka: consuming");
+        let (topics, group) = (&self.config.topics, &self.config.group);
+        tracing::info!(?topics, %group, "kafka: consuming");
         let mut reader = Reader::new(self);
         while !stop.requested() && !reader.at_end() {
             let polled = reader.poll(POLL_WAIT);
-            if (polled == Polled::Idle || reader.batch.full()) && !reader.flush(&feed, &stop) {
+            if polled != Polled::Idle && !reader.batch.full() {
+                continue;
+            }
+            if !reader.flush(&feed, &stop) {
                 break;
             }
+            // Once a batch, not once a message: what settled since is stored.
             reader.source.shared().store(&reader.source.consumer);
         }
         if !stop.requested() && !reader.batch.is_empty() {
