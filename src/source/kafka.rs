@@ -6,7 +6,7 @@
 //! offsets are stored, and librdkafka commits stored offsets on its timer, on a rebalance
 //! and at close. A crash therefore repeats at most the frames in flight.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -303,15 +303,16 @@ struct Reader {
     batch: Batch,
     latest: BTreeMap<(Arc<str>, i32), i64>,
     topics: BTreeMap<String, Arc<str>>,
-    /// Partitions read to their end, with `until_end`.
-    ended: BTreeMap<(String, i32), ()>,
+    /// Partitions read to their end, with `until_end`, which reads one topic (checked):
+    /// a partition number names one.
+    ended: BTreeSet<i32>,
     paused: Option<Instant>,
 }
 
 impl Reader {
     fn new(source: KafkaSource) -> Reader {
         let batch = Batch::new(source.config.batch_records);
-        let (latest, topics, ended) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        let (latest, topics, ended) = (BTreeMap::new(), BTreeMap::new(), BTreeSet::new());
         Reader { source, batch, latest, topics, ended, paused: None }
     }
 
@@ -345,17 +346,15 @@ impl Reader {
             }
         };
         let (partition, offset) = (message.partition(), message.offset());
-        self.ended.retain(|(t, p), ()| !(*t == *topic && *p == partition));
+        self.ended.remove(&partition);
         self.latest.insert((topic.clone(), partition), offset);
         let origin = Origin { topic, partition, offset };
         self.batch.push(message, origin, self.source.max_record_bytes);
     }
 
     fn end_of(&mut self, partition: i32) {
-        // librdkafka names only the partition: `until_end` takes one topic (checked).
-        for topic in &self.source.config.topics {
-            self.ended.insert((topic.clone(), partition), ());
-        }
+        // librdkafka names only the partition, which is enough for one topic.
+        self.ended.insert(partition);
     }
 
     /// With `until_end`, whether every assigned partition reported its end and nothing is
@@ -366,10 +365,7 @@ impl Reader {
         }
         let Ok(assigned) = self.source.consumer.assignment() else { return false };
         let elements = assigned.elements();
-        !elements.is_empty()
-            && elements
-                .iter()
-                .all(|e| self.ended.contains_key(&(e.topic().to_string(), e.partition())))
+        !elements.is_empty() && elements.iter().all(|e| self.ended.contains(&e.partition()))
     }
 
     /// Hands the batch to the pipeline, pausing the partitions while it is full so the
