@@ -1,6 +1,7 @@
 //! The rule file format: loading `rules/*.toml`, checking every rule, and reporting each
 //! problem with its file, rule id and key.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
@@ -201,15 +202,37 @@ pub fn dir_sources(dir: &Path) -> Result<Vec<(String, String)>, RuleErrors> {
 }
 
 /// Parses and checks the rules of every file. Collects every problem before failing.
+#[cfg(test)]
 pub(crate) fn parse(sources: &[(String, String)]) -> Result<Vec<Rule>, RuleErrors> {
-    let mut rules: Vec<Rule> = Vec::new();
+    let (specs, errors) = read(sources);
+    check(&specs, errors)
+}
+
+/// The `[[rule]]` tables of every file that deserialize, each with its file, and the
+/// problems of those that do not.
+pub(crate) fn read(sources: &[(String, String)]) -> (Vec<(&str, RuleSpec)>, Vec<RuleError>) {
+    let mut specs = Vec::new();
     let mut errors = Vec::new();
     for (file, text) in sources {
-        for spec in parse_file(file, text, &mut errors) {
-            let mut check = Check { file, id: &spec.id, errors: &mut errors, failed: false };
-            if let Some(rule) = check.rule(&spec) {
-                rules.push(rule);
-            }
+        specs.extend(parse_file(file, text, &mut errors).into_iter().map(|s| (file.as_str(), s)));
+    }
+    (specs, errors)
+}
+
+/// Checks the rules read, adding their problems to `errors`. On success there is one rule
+/// per spec, in order.
+pub(crate) fn check(
+    specs: &[(&str, RuleSpec)],
+    mut errors: Vec<RuleError>,
+) -> Result<Vec<Rule>, RuleErrors> {
+    let mut rules: Vec<Rule> = Vec::new();
+    // Rules often share an extractor: each distinct one is compiled once.
+    let mut regexes = HashMap::new();
+    for (file, spec) in specs {
+        let mut check =
+            Check { file, id: &spec.id, errors: &mut errors, regexes: &mut regexes, failed: false };
+        if let Some(rule) = check.rule(spec) {
+            rules.push(rule);
         }
     }
 
@@ -294,6 +317,8 @@ struct Check<'a> {
     file: &'a str,
     id: &'a str,
     errors: &'a mut Vec<RuleError>,
+    /// The extractors compiled so far, by source.
+    regexes: &'a mut HashMap<String, regex::bytes::Regex>,
     failed: bool,
 }
 
@@ -377,6 +402,11 @@ impl Check<'_> {
     fn extractors(&mut self, sources: &[String]) -> Vec<regex::bytes::Regex> {
         let mut out = Vec::new();
         for source in sources {
+            if let Some(regex) = self.regexes.get(source) {
+                out.push(regex.clone());
+                continue;
+            }
+            let problems = self.errors.len();
             let regex = match regex::bytes::Regex::new(source) {
                 Ok(regex) => regex,
                 Err(e) => {
@@ -393,6 +423,10 @@ impl Check<'_> {
                     let known: Vec<&str> = GROUPS.iter().map(|(g, _)| *g).collect();
                     self.fail("extract", format!("unknown group {name:?}, known: {known:?}"));
                 }
+            }
+            // Only a good one is reused: another rule with a bad one gets its own errors.
+            if self.errors.len() == problems {
+                self.regexes.insert(source.clone(), regex.clone());
             }
             out.push(regex);
         }

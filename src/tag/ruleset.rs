@@ -44,42 +44,25 @@ impl RuleSet {
         }
     }
 
+    /// Reads, checks and compiles the rules of `sources`. The automaton, the costliest part
+    /// of a start, is built beside the checks (which compile the rules' regexes), on the
+    /// rules' patterns as written: when any check fails, the whole set is refused anyway.
     pub(crate) fn from_sources(sources: &[(String, String)]) -> Result<RuleSet, RuleErrors> {
-        Self::compile(rules::parse(sources)?)
-    }
-
-    fn compile(rules: Vec<Rule>) -> Result<RuleSet, RuleErrors> {
-        let mut patterns: Vec<String> = Vec::new();
-        let mut pattern_rules: Vec<Vec<u32>> = Vec::new();
-        let mut index = std::collections::HashMap::new();
-        for (r, rule) in rules.iter().enumerate() {
-            for pattern in &rule.patterns {
-                let slot = *index.entry(pattern.to_ascii_lowercase()).or_insert_with(|| {
-                    patterns.push(pattern.clone());
-                    pattern_rules.push(Vec::new());
-                    patterns.len() - 1
-                });
-                if !pattern_rules[slot].contains(&(r as u32)) {
-                    pattern_rules[slot].push(r as u32);
-                }
-            }
-        }
-
-        // A DFA costs more memory to build but scans fastest; every record goes through it.
-        let automaton = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .kind(Some(AhoCorasickKind::DFA))
-            .build(&patterns)
-            .map_err(|e| {
-                RuleErrors(vec![rules::RuleError {
-                    file: "rules".into(),
-                    rule: None,
-                    key: Some("patterns".into()),
-                    message: format!("cannot build the automaton: {e}"),
-                }])
-            })?;
-        Ok(RuleSet { rules, automaton, patterns, pattern_rules })
+        let (specs, errors) = rules::read(sources);
+        let (patterns, pattern_rules) = distinct(specs.iter().map(|(_, spec)| &spec.patterns));
+        let (rules, automaton) = std::thread::scope(|scope| {
+            let building = std::thread::Builder::new()
+                .name("rules automaton".into())
+                .spawn_scoped(scope, || automaton(&patterns));
+            let rules = rules::check(&specs, errors);
+            let automaton = match building {
+                Ok(building) => building.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                // No thread to be had: built here instead.
+                Err(_) => automaton(&patterns),
+            };
+            (rules, automaton)
+        });
+        Ok(RuleSet { rules: rules?, automaton: automaton?, patterns, pattern_rules })
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -130,6 +113,44 @@ impl RuleSet {
         scratch.hits.sort_by_key(|&r| (-self.rules[r as usize].priority, r));
         !scratch.hits.is_empty()
     }
+}
+
+/// The distinct patterns (compared case-insensitively) of rules given in order, each with
+/// the indexes of the rules it triggers.
+fn distinct<'a>(rules: impl Iterator<Item = &'a Vec<String>>) -> (Vec<String>, Vec<Vec<u32>>) {
+    let mut patterns: Vec<String> = Vec::new();
+    let mut pattern_rules: Vec<Vec<u32>> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for (r, rule_patterns) in rules.enumerate() {
+        for pattern in rule_patterns {
+            let slot = *index.entry(pattern.to_ascii_lowercase()).or_insert_with(|| {
+                patterns.push(pattern.clone());
+                pattern_rules.push(Vec::new());
+                patterns.len() - 1
+            });
+            if !pattern_rules[slot].contains(&(r as u32)) {
+                pattern_rules[slot].push(r as u32);
+            }
+        }
+    }
+    (patterns, pattern_rules)
+}
+
+/// A DFA costs more memory to build but scans fastest; every record goes through it.
+fn automaton(patterns: &[String]) -> Result<AhoCorasick, RuleErrors> {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::Standard)
+        .kind(Some(AhoCorasickKind::DFA))
+        .build(patterns)
+        .map_err(|e| {
+            RuleErrors(vec![rules::RuleError {
+                file: "rules".into(),
+                rule: None,
+                key: Some("patterns".into()),
+                message: format!("cannot build the automaton: {e}"),
+            }])
+        })
 }
 
 /// Every `require` literal present and no `veto` literal, in the lowercased message.
