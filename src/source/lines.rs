@@ -67,7 +67,7 @@ pub(crate) fn lines(bytes: &[u8]) -> impl Iterator<Item = (std::ops::Range<usize
 struct Lent {
     data: Vec<u8>,
     len: usize,
-    home: flume::Sender<Vec<u8>>,
+    home: Spare,
 }
 
 impl AsRef<[u8]> for Lent {
@@ -78,12 +78,31 @@ impl AsRef<[u8]> for Lent {
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        let _ = self.home.try_send(std::mem::take(&mut self.data));
+        self.home.put(std::mem::take(&mut self.data));
     }
 }
 
 /// Buffers kept for reuse; more in flight are simply allocated.
 const SPARE_BUFFERS: usize = 8;
+
+/// Buffers back from their frames, the last one back on top: it is the likeliest to be
+/// still in a cache.
+#[derive(Clone, Default)]
+struct Spare(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Spare {
+    fn take(&self) -> Option<Vec<u8>> {
+        self.0.lock().ok()?.pop()
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        if let Ok(mut spare) = self.0.lock() {
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buf);
+            }
+        }
+    }
+}
 
 /// Cuts frames from the reads of one stream.
 pub(crate) struct Framer {
@@ -92,18 +111,23 @@ pub(crate) struct Framer {
     max_line_bytes: usize,
     read_bytes: usize,
     skipping: Option<(Bytes, u64)>,
-    spare: (flume::Sender<Vec<u8>>, flume::Receiver<Vec<u8>>),
+    spare: Spare,
 }
 
 impl Framer {
     pub(crate) fn new(max_line_bytes: usize, read_bytes: usize) -> Framer {
-        let spare = flume::bounded(SPARE_BUFFERS);
-        Framer { tail: Vec::new(), max_line_bytes, read_bytes, skipping: None, spare }
+        Framer {
+            tail: Vec::new(),
+            max_line_bytes,
+            read_bytes,
+            skipping: None,
+            spare: Spare::default(),
+        }
     }
 
     /// A buffer holding the tail, with `read_bytes` of initialised room after it.
     fn buffer(&mut self) -> Vec<u8> {
-        let mut buf = self.spare.1.try_recv().unwrap_or_default();
+        let mut buf = self.spare.take().unwrap_or_default();
         let want = self.tail.len() + self.read_bytes;
         if buf.len() < want {
             buf.resize(want, 0);
@@ -160,7 +184,7 @@ impl Framer {
         self.tail.extend_from_slice(&buf[lines_end.unwrap_or(begin).max(begin)..end]);
         match lines_end {
             Some(lines_end) => {
-                let home = self.spare.0.clone();
+                let home = self.spare.clone();
                 let lent = Bytes::from_owner(Lent { data: buf, len: lines_end, home });
                 out.push(Frame::Lines(lent.slice(begin..)));
             }
@@ -175,7 +199,7 @@ impl Framer {
     }
 
     fn recycle(&self, buf: Vec<u8>) {
-        let _ = self.spare.0.try_send(buf);
+        self.spare.put(buf);
     }
 
     /// At end of input: the last line if it had no newline, or the long line being skipped.
