@@ -4,6 +4,7 @@
 //! Every queue between the stages is bounded, so memory stays flat whatever the input and
 //! a slow sink slows the sources down rather than losing records.
 
+use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,20 +20,29 @@ use crate::dedupe::{Dedupe, Lines};
 use crate::metrics::Metrics;
 use crate::record::Malformed;
 use crate::sink::{Batch, Output, Sink, SinkConfig};
+use crate::source::file::{SharedFile, Turn};
 use crate::source::journal::JournalSource;
 use crate::source::kafka::KafkaSource;
 use crate::source::lines::{lines, Frame, Framer, Whole, KEPT_PREFIX_BYTES};
 use crate::source::tcp::TcpSource;
-use crate::source::{Checkpoint, SourceConfig};
+use crate::source::{Checkpoint, Opened, SourceConfig};
 use crate::stats::Counts;
 use crate::tag::route::Routed;
 use crate::tag::{Outcome, TaggerSlot, Worker};
 
-/// A frame on its way to a worker, with where to send the result.
+/// Work on its way to a worker, with where to send the result.
 struct Job {
-    frame: Frame,
+    work: Work,
     ack: Option<Ack>,
     reply: flume::Sender<Done>,
+}
+
+/// What a worker is handed.
+enum Work {
+    /// A frame its source cut.
+    Frame(Frame),
+    /// The next read of a regular file, which the worker does itself.
+    Read(Turn),
 }
 
 /// A frame's result, waited for in order.
@@ -140,15 +150,19 @@ pub fn run(
                     (std::thread::Builder::new().name("source tcp".into()), stop.clone());
                 readers.push(thread.spawn(move || source.run(feed, stop, limits))?);
             }
-            _ => streams.push((config.open()?, feed)),
+            _ => streams.push((config.open_stream()?, feed)),
         }
     }
     // Files and stdin are read one after another, as `cat` would.
     if !streams.is_empty() {
         let limits = (settings.max_line_bytes, settings.read_bytes);
+        // With a core to spare, a reader thread copies the next block while the workers
+        // tag; without one, it would only compete with them.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers_read = threads >= cores;
         let (thread, stop) =
             (std::thread::Builder::new().name("source streams".into()), stop.clone());
-        readers.push(thread.spawn(move || read_streams(streams, limits, stop))?);
+        readers.push(thread.spawn(move || read_streams(streams, limits, workers_read, stop))?);
     }
     drop((jobs, pending));
     let timer = CheckpointTimer::start(&checkpoints, settings.checkpoint_interval)?;
@@ -277,7 +291,15 @@ impl Feed {
             abandon(ack.as_ref());
             return false;
         }
-        self.queue(Job { frame, ack, reply })
+        self.queue(Job { work: Work::Frame(frame), ack, reply })
+    }
+
+    /// Queues a turn to read a file; false once the pipeline no longer takes any.
+    fn send_turn(&self, turn: Turn) -> bool {
+        let (reply, result) = flume::bounded(1);
+        let pending = Pending { source: self.source, reply: result };
+        self.pending.send(pending).is_ok()
+            && self.queue(Job { work: Work::Read(turn), ack: None, reply })
     }
 
     /// Hands a job whose place in the order is taken to the workers.
@@ -310,7 +332,7 @@ impl Feed {
             }
         }
         // A place in the order is taken; the workers' queue frees up without the sinks.
-        match self.queue(Job { frame, ack, reply }) {
+        match self.queue(Job { work: Work::Frame(frame), ack, reply }) {
             true => Ok(()),
             false => Err(Refused::Closed),
         }
@@ -325,19 +347,44 @@ pub(crate) fn abandon(ack: Option<&Ack>) {
     }
 }
 
-/// Reads stream inputs in turn, each framed from its start.
+/// Reads stream inputs in turn, each framed from its start; regular files are read by
+/// the workers themselves when `workers_read`.
 fn read_streams(
-    streams: Vec<(Box<dyn io::Read + Send>, Feed)>,
+    streams: Vec<(Opened, Feed)>,
     (max_line_bytes, read_bytes): (usize, usize),
+    workers_read: bool,
     stop: Stop,
 ) -> io::Result<()> {
     for (input, feed) in streams {
         let framer = Framer::new(max_line_bytes, read_bytes);
-        if !read_lines(input, framer, &feed, &stop)? {
+        let more = match input {
+            Opened::File(file) if workers_read => hand_out_reads(file, framer, &feed, &stop)?,
+            Opened::File(file) => read_lines(Box::new(file), framer, &feed, &stop)?,
+            Opened::Stream(input) => read_lines(input, framer, &feed, &stop)?,
+        };
+        if !more {
             break;
         }
     }
     Ok(())
+}
+
+/// Hands the reads of a regular file to the workers, one turn each, until one of them
+/// reaches its end; false once the pipeline takes no more or a stop is asked.
+fn hand_out_reads(file: File, framer: Framer, feed: &Feed, stop: &Stop) -> io::Result<bool> {
+    let shared = SharedFile::new(file, framer);
+    let mut number = 0;
+    // At most a queue's worth of turns past the end are handed out: they read nothing.
+    while !shared.ended() {
+        if stop.requested() || !feed.send_turn(Turn::new(&shared, number)) {
+            return Ok(false);
+        }
+        number += 1;
+    }
+    match shared.take_error() {
+        Some(e) => Err(e),
+        None => Ok(true),
+    }
 }
 
 /// Reads one input to its end; false once the pipeline takes no more or a stop is asked.
@@ -374,10 +421,21 @@ fn spawn_worker(
     max_line_bytes: usize,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("tag {index}")).spawn(move || {
+        let mut frames = Vec::new();
         while let Ok(job) = jobs.recv() {
             // Between frames: a frame is tagged by one rule set, old or new.
             worker.refresh(&slot);
-            let mut done = process(&mut worker, job.frame, max_line_bytes);
+            let mut done = Done::default();
+            match job.work {
+                Work::Frame(frame) => process(&mut worker, frame, max_line_bytes, &mut done),
+                Work::Read(turn) => {
+                    turn.read(&mut frames);
+                    for frame in frames.drain(..) {
+                        process(&mut worker, frame, max_line_bytes, &mut done);
+                    }
+                }
+            }
+            done.counts.name_rules(worker.rules());
             done.ack = job.ack;
             // No one waits for the result any more (the run is stopping): its frame was
             // not delivered.
@@ -388,30 +446,27 @@ fn spawn_worker(
     })
 }
 
-/// Tags every line of a frame.
-fn process(worker: &mut Worker, frame: Frame, max_line_bytes: usize) -> Done {
-    let mut done = Done::default();
+/// Tags every line of a frame, adding to `done`.
+fn process(worker: &mut Worker, frame: Frame, max_line_bytes: usize, done: &mut Done) {
     match frame {
         Frame::Oversize { prefix, len } => {
             done.counts.bytes += len + 1;
-            reject(&mut done, Malformed::TooLong, prefix, len);
+            reject(done, Malformed::TooLong, prefix, len);
             done.counts.records += 1;
             done.lines += 1;
         }
         Frame::Lines(bytes) => {
             for (line, taken) in lines(&bytes) {
                 done.counts.bytes += taken;
-                one_line(worker, &bytes, line, max_line_bytes, &mut done);
+                one_line(worker, &bytes, line, max_line_bytes, done);
             }
         }
         Frame::Records { bytes, records } => {
             for whole in records {
-                one_record(worker, &bytes, whole, max_line_bytes, &mut done);
+                one_record(worker, &bytes, whole, max_line_bytes, done);
             }
         }
     }
-    done.counts.name_rules(worker.rules());
-    done
 }
 
 /// Tags a record that arrived whole; its headers go on with its output, its origin into
@@ -788,7 +843,8 @@ mod tests {
         let (jobs, job_queue) = flume::bounded(1);
         let (reply, result) = flume::bounded(1);
         drop(result);
-        jobs.send(Job { frame: frame(), ack: Some(progress.ack("only".into())), reply }).unwrap();
+        let ack = Some(progress.ack("only".into()));
+        jobs.send(Job { work: Work::Frame(frame()), ack, reply }).unwrap();
         drop(jobs);
         let rules = Arc::new(crate::tag::ruleset::RuleSet::shipped().unwrap());
         let tagger = crate::tag::Tagger {

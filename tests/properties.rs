@@ -87,6 +87,10 @@ fn bytes_of(line: &Line) -> Vec<u8> {
     }
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Runs the pipeline over `input` with `--unmatched pass`; returns the counts and output.
 fn run(input: &[u8], threads: usize, mask: Arc<Masker>) -> (kubetag::stats::Counts, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
@@ -160,7 +164,9 @@ proptest! {
     fn counters_add_up_and_records_pass_in_order(
         lines in proptest::collection::vec(line(), 0..60),
         final_newline: bool,
-        threads in 1usize..3,
+        // One thread (with a reader thread beside it) and one per core (the workers read
+        // the file themselves).
+        threads in prop_oneof![Just(1usize), Just(2), Just(cores())],
     ) {
         check(&lines, final_newline, threads, Arc::new(Masker::off()));
     }

@@ -2,6 +2,7 @@
 //! frames and hands them to the pipeline in order.
 
 pub(crate) mod export;
+pub(crate) mod file;
 pub(crate) mod journal;
 pub(crate) mod kafka;
 pub(crate) mod lines;
@@ -9,6 +10,7 @@ pub(crate) mod tcp;
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -41,6 +43,15 @@ pub enum SourceConfig {
     Tcp(tcp::TcpConfig),
     /// Journal records from Kafka topics, one a message, as a consumer-group member.
     Kafka(kafka::KafkaConfig),
+}
+
+/// A stream input, opened.
+pub(crate) enum Opened {
+    /// A regular file: reads never wait, so the workers do them.
+    File(File),
+    /// Stdin, a pipe, a terminal or a device: read by a thread of its own, since a read
+    /// may wait for ever.
+    Stream(Box<dyn Read + Send>),
 }
 
 impl SourceConfig {
@@ -113,6 +124,23 @@ impl SourceConfig {
             SourceConfig::Kafka(kafka) => kafka.check(),
             _ => self.open().map(|_| ()),
         }
+    }
+
+    /// Opens a stream input for the pipeline: a regular file (named, or on stdin) apart,
+    /// since the workers can read it themselves.
+    pub(crate) fn open_stream(&self) -> io::Result<Opened> {
+        let file = match self {
+            SourceConfig::File { path } => File::open(path)?,
+            SourceConfig::Stdin => match io::stdin().as_fd().try_clone_to_owned() {
+                Ok(fd) => File::from(fd),
+                Err(_) => return self.open().map(Opened::Stream),
+            },
+            _ => return self.open().map(Opened::Stream),
+        };
+        Ok(match file.metadata()?.is_file() {
+            true => Opened::File(file),
+            false => Opened::Stream(Box::new(file)),
+        })
     }
 
     /// Opens a stream input.
