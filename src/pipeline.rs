@@ -159,7 +159,8 @@ pub fn run(
         // With a core to spare, a reader thread copies the next block while the workers
         // tag; without one, it would only compete with them.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers_read = threads >= cores;
+        // With a single worker, a read that waits would hold back every other source.
+        let workers_read = threads >= cores && threads > 1;
         let (thread, stop) =
             (std::thread::Builder::new().name("source streams".into()), stop.clone());
         readers.push(thread.spawn(move || read_streams(streams, limits, workers_read, stop))?);
@@ -294,12 +295,21 @@ impl Feed {
         self.queue(Job { work: Work::Frame(frame), ack, reply })
     }
 
-    /// Queues a turn to read a file; false once the pipeline no longer takes any.
-    fn send_turn(&self, turn: Turn) -> bool {
+    /// Hands turn `number` of `file` to the workers and waits for it to read; false once
+    /// the pipeline no longer takes any. Its place in the order is taken only once it has
+    /// read: a read that waits (a network or FUSE file system) then holds back one worker
+    /// and none of the other sources' results.
+    fn send_turn(&self, file: &Arc<SharedFile>, number: u64) -> bool {
         let (reply, result) = flume::bounded(1);
-        let pending = Pending { source: self.source, reply: result };
-        self.pending.send(pending).is_ok()
-            && self.queue(Job { work: Work::Read(turn), ack: None, reply })
+        if !self.queue(Job { work: Work::Read(Turn::new(file, number)), ack: None, reply }) {
+            return false;
+        }
+        file.wait_read(number);
+        // A turn dropped unread (the workers are gone) has no result to wait for.
+        if result.is_disconnected() && result.is_empty() {
+            return false;
+        }
+        self.pending.send(Pending { source: self.source, reply: result }).is_ok()
     }
 
     /// Hands a job whose place in the order is taken to the workers.
@@ -374,9 +384,9 @@ fn read_streams(
 fn hand_out_reads(file: File, framer: Framer, feed: &Feed, stop: &Stop) -> io::Result<bool> {
     let shared = SharedFile::new(file, framer);
     let mut number = 0;
-    // At most a queue's worth of turns past the end are handed out: they read nothing.
+    // One turn out at a time: a read that waits holds one worker, not all of them.
     while !shared.ended() {
-        if stop.requested() || !feed.send_turn(Turn::new(&shared, number)) {
+        if stop.requested() || !feed.send_turn(&shared, number) {
             return Ok(false);
         }
         number += 1;
@@ -617,9 +627,22 @@ impl Collector {
 
     /// Handles one result; false once no sink is left to take output.
     fn take(&mut self, pending: Pending) -> bool {
-        let Ok(mut done) = pending.reply.recv() else {
-            self.failures.push("a tagging worker stopped".into());
-            return false;
+        let reply = match self.shutdown_deadline() {
+            Some(deadline) => pending.reply.recv_deadline(deadline),
+            None => pending.reply.recv().map_err(|_| flume::RecvTimeoutError::Disconnected),
+        };
+        let mut done = match reply {
+            Ok(done) => done,
+            // A worker still in a read that waits (a file on a stalled network file system)
+            // holds nothing delivered: the stop goes on without what it may still read.
+            Err(flume::RecvTimeoutError::Timeout) => {
+                tracing::warn!("an input was still being read at the shutdown deadline");
+                return false;
+            }
+            Err(flume::RecvTimeoutError::Disconnected) => {
+                self.failures.push("a tagging worker stopped".into());
+                return false;
+            }
         };
         let base = self.lines[pending.source];
         self.lines[pending.source] += done.lines;

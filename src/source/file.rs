@@ -8,7 +8,10 @@
 //! order like any other frames.
 //!
 //! Only for regular files: a read from a pipe or terminal can wait for ever, and a worker
-//! waiting on one would hold back every other source.
+//! waiting on one would hold back every other source. A regular file's read can wait too
+//! (a network or FUSE file system), so the source hands out the next turn only once the
+//! last one has read: one worker at most is ever held by the file, the others go on with
+//! other sources, and a stop reads at most one more turn.
 
 use std::fs::File;
 use std::io;
@@ -48,6 +51,14 @@ impl SharedFile {
         self.ended.load(Ordering::Acquire)
     }
 
+    /// Waits until turn `number` has read, or the file ended.
+    pub(crate) fn wait_read(&self, number: u64) {
+        let mut state = self.lock();
+        while state.next <= number && !self.ended() {
+            state = self.turn.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
     /// The read error that ended the file, once.
     pub(crate) fn take_error(&self) -> Option<io::Error> {
         self.lock().error.take()
@@ -66,6 +77,10 @@ impl SharedFile {
     }
 }
 
+/// What one turn reads at least: with a small `read_bytes` a turn reads several times, so
+/// that handing turns between threads does not cost more than the reading.
+const TURN_BYTES: usize = 64 * 1024;
+
 /// The right to the next read of a file after the reads of the turns before it.
 pub(crate) struct Turn {
     file: Arc<SharedFile>,
@@ -79,8 +94,9 @@ impl Turn {
         Turn { file: file.clone(), number, used: false }
     }
 
-    /// Waits for the turns before this one, then reads once, appending the frames that are
-    /// complete (at the end of the file, its last line too). Nothing once the file ended.
+    /// Waits for the turns before this one, then reads at least [`TURN_BYTES`] (or to the
+    /// end), appending the frames that are complete (at the end of the file, its last line
+    /// too). Nothing once the file ended.
     pub(crate) fn read(mut self, out: &mut Vec<Frame>) {
         self.used = true;
         let file = &*self.file;
@@ -88,14 +104,15 @@ impl Turn {
         while state.next < self.number && !file.ended() {
             state = file.turn.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        if !file.ended() {
+        let mut taken = 0;
+        while !file.ended() && taken < TURN_BYTES {
             let State { input, framer, .. } = &mut *state;
             match framer.read(input, out) {
                 Ok(0) => {
                     framer.finish(out);
                     file.end(&mut state, None);
                 }
-                Ok(_) => {}
+                Ok(n) => taken += n,
                 Err(e) => file.end(&mut state, Some(e)),
             }
         }
@@ -145,9 +162,10 @@ mod tests {
 
     #[test]
     fn turns_taken_out_of_order_read_in_order() {
-        let content: String = (0..500).map(|i| format!("line {i}\n")).collect();
-        let shared = SharedFile::new(file_of(&content), Framer::new(64, 48));
-        let turns: Vec<Turn> = (0..120).map(|n| Turn::new(&shared, n)).collect();
+        // Several turns' worth: each reads at least TURN_BYTES.
+        let content: String = (0..40_000).map(|i| format!("line {i}\n")).collect();
+        let shared = SharedFile::new(file_of(&content), Framer::new(64, 4096));
+        let turns: Vec<Turn> = (0..20).map(|n| Turn::new(&shared, n)).collect();
         // Each turn is read on its own thread, started in reverse: every one but the first
         // must wait for the ones before it.
         let threads: Vec<_> = turns
@@ -165,6 +183,7 @@ mod tests {
         let mut results: Vec<(u64, String)> =
             threads.into_iter().map(|t| t.join().unwrap()).collect();
         results.sort();
+        assert!(results.iter().filter(|(_, text)| !text.is_empty()).count() > 3);
         let joined: String = results.into_iter().map(|(_, t)| t).collect();
         assert_eq!(joined, content);
         assert!(shared.ended());
