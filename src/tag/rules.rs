@@ -236,7 +236,8 @@ pub(crate) fn check(
         }
     }
 
-    let mut ids: Vec<(&str, &str)> = rules.iter().map(|r| (r.id.as_str(), &*r.file)).collect();
+    // Over every rule read, so a duplicate is reported even when a copy has other problems.
+    let mut ids: Vec<(&str, &str)> = specs.iter().map(|(file, s)| (s.id.as_str(), *file)).collect();
     ids.sort();
     for pair in ids.windows(2) {
         if pair[0].0 == pair[1].0 {
@@ -509,5 +510,15 @@ summary = "a pull failed"
         let errors = parse(&sources).unwrap_err().0;
         assert_eq!(errors.len(), 1);
         assert!(errors[0].message.contains("duplicate id"));
+    }
+
+    #[test]
+    fn a_duplicate_with_other_problems_is_still_reported() {
+        let broken = format!("{GOOD}extract = ['(?P<pod>unclosed']\n");
+        let sources = [("a.toml".to_string(), GOOD.to_string()), ("b.toml".into(), broken)];
+        let errors = parse(&sources).unwrap_err().0;
+        let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+        assert!(messages.iter().any(|m| m.contains("bad regex")), "{messages:?}");
+        assert!(messages.iter().any(|m| m.contains("duplicate id")), "{messages:?}");
     }
 }
