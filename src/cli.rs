@@ -346,6 +346,12 @@ fn check(args: ConfigArgs) -> Result<(), Failure> {
     }
     match RuleSet::load(rules_dir.as_deref()) {
         Ok(rules) => {
+            // Extractors compile when a record first needs one: a run would find one that
+            // cannot only then.
+            for rule in rules.rules() {
+                let errors = rule.extract.iter().filter_map(|e| e.error());
+                problems.extend(errors.map(|e| format!("rule {}: {e}", rule.id.as_str())));
+            }
             let mut out = std::io::stdout().lock();
             let n = rules.rules().len();
             let _ = writeln!(out, "rules: {n} rules, {} patterns", rules.patterns().len());

@@ -394,6 +394,34 @@ fn a_broken_rules_directory_is_refused_with_file_rule_and_key() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// Extractors compile when a record first needs one. One too large to compile still lets
+/// its rule tag (without the fields it would extract), and `check` finds it before a run.
+#[test]
+fn an_extractor_too_large_to_compile_is_found_by_check_and_tags_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = "[[rule]]\nid = \"demo.one\"\ncategory = \"image_pull\"\nseverity = \"error\"\n\
+                patterns = [\"failed to pull image\"]\nsummary = \"x\"\n\
+                extract = ['(?P<pod>(?:\\w{100}){100})']\n";
+    std::fs::write(dir.path().join("demo.toml"), rule).unwrap();
+    let rules = dir.path().to_str().unwrap();
+
+    let record = b"{\"MESSAGE\":\"Failed to pull image x\"}\n";
+    let output = run(&["--rules", rules], record);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("\"rule\":\"demo.one\""), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("an extractor cannot be compiled"), "{stderr}");
+
+    let output = kubetag_tool().args(["check", "--rules", rules]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("rule demo.one: extractor") && stderr.contains("size limit"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn shipped_rules_pass_their_examples_near_misses_and_the_real_cases() {
     let mut command = kubetag_tool();

@@ -9,6 +9,8 @@ use std::sync::LazyLock;
 
 use regex::bytes::Regex;
 
+use super::rules::Extractor;
+
 use super::header::LogHeader;
 use super::rules::GROUPS;
 
@@ -65,12 +67,12 @@ pub(crate) fn extract(
     attributes: &mut Attributes,
     message: &[u8],
     header: Option<&LogHeader>,
-    own: &[Regex],
+    own: &[Extractor],
 ) {
     if let Some(header) = header {
         from_fields(attributes, header);
     }
-    for regex in own {
+    for regex in own.iter().filter_map(Extractor::regex) {
         captures(attributes, regex, message);
     }
     for regex in GENERIC.iter() {

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
+use regex::bytes::Regex;
 use serde::Deserialize;
 
 use super::category::Category;
@@ -121,7 +123,7 @@ pub struct Rule {
     /// Lowercased, for case-insensitive confirmation.
     pub(crate) require: Vec<Vec<u8>>,
     pub(crate) veto: Vec<Vec<u8>>,
-    pub(crate) extract: Vec<regex::bytes::Regex>,
+    pub(crate) extract: Vec<Extractor>,
     pub summary: String,
     pub cause: Vec<String>,
     pub remediation: Vec<String>,
@@ -319,7 +321,7 @@ struct Check<'a> {
     id: &'a str,
     errors: &'a mut Vec<RuleError>,
     /// The extractors compiled so far, by source.
-    regexes: &'a mut HashMap<String, regex::bytes::Regex>,
+    regexes: &'a mut HashMap<String, Extractor>,
     failed: bool,
 }
 
@@ -400,38 +402,109 @@ impl Check<'_> {
         agents
     }
 
-    fn extractors(&mut self, sources: &[String]) -> Vec<regex::bytes::Regex> {
+    fn extractors(&mut self, sources: &[String]) -> Vec<Extractor> {
         let mut out = Vec::new();
         for source in sources {
-            if let Some(regex) = self.regexes.get(source) {
-                out.push(regex.clone());
+            if let Some(extractor) = self.regexes.get(source) {
+                out.push(extractor.clone());
                 continue;
             }
             let problems = self.errors.len();
-            let regex = match regex::bytes::Regex::new(source) {
-                Ok(regex) => regex,
+            let names = match group_names(source) {
+                Ok(names) => names,
                 Err(e) => {
                     self.fail("extract", format!("bad regex {source:?}: {e}"));
                     continue;
                 }
             };
-            let names: Vec<&str> = regex.capture_names().flatten().collect();
             if names.is_empty() {
                 self.fail("extract", format!("regex {source:?} has no named group"));
             }
             for name in names {
-                if !GROUPS.iter().any(|(group, _)| *group == name) {
+                if !GROUPS.iter().any(|(group, _)| *group == name.as_str()) {
                     let known: Vec<&str> = GROUPS.iter().map(|(g, _)| *g).collect();
                     self.fail("extract", format!("unknown group {name:?}, known: {known:?}"));
                 }
             }
+            let extractor = Extractor::new(source);
             // Only a good one is reused: another rule with a bad one gets its own errors.
             if self.errors.len() == problems {
-                self.regexes.insert(source.clone(), regex.clone());
+                self.regexes.insert(source.clone(), extractor.clone());
             }
-            out.push(regex);
+            out.push(extractor);
         }
         out
+    }
+}
+
+/// A rule's extractor. Its regex is parsed when the rules load and compiled the first time
+/// a tagged record needs it: most rules tag nothing in a run, and compiling every one up
+/// front was the longest part of start-up. Rules with the same source share one.
+#[derive(Clone)]
+pub(crate) struct Extractor(Arc<Lazy>);
+
+struct Lazy {
+    source: String,
+    regex: OnceLock<Result<Regex, String>>,
+}
+
+impl Extractor {
+    fn new(source: &str) -> Extractor {
+        Extractor(Arc::new(Lazy { source: source.to_string(), regex: OnceLock::new() }))
+    }
+
+    /// The compiled regex, or `None` if it cannot be built. It parsed when the rules
+    /// loaded, so only a limit on its compiled size is left to refuse it; `kubetag check`
+    /// compiles every extractor to find those before a run.
+    pub(crate) fn regex(&self) -> Option<&Regex> {
+        self.compiled().as_ref().ok()
+    }
+
+    /// Why the regex cannot be compiled, compiling it if no record did yet.
+    pub(crate) fn error(&self) -> Option<String> {
+        let error = self.compiled().as_ref().err()?;
+        Some(format!("extractor {:?} cannot be compiled: {error}", self.0.source))
+    }
+
+    fn compiled(&self) -> &Result<Regex, String> {
+        let compile = || {
+            Regex::new(&self.0.source).map_err(|e| {
+                let source = &self.0.source;
+                tracing::error!(regex = %source, error = %e, "an extractor cannot be compiled");
+                e.to_string()
+            })
+        };
+        self.0.regex.get_or_init(compile)
+    }
+}
+
+impl fmt::Debug for Extractor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Extractor({:?})", self.0.source)
+    }
+}
+
+/// The names of the groups of `source`, parsed as the regex crate parses a bytes regex.
+fn group_names(source: &str) -> Result<Vec<String>, String> {
+    let mut parser = regex_syntax::ParserBuilder::new().utf8(false).build();
+    let hir = parser.parse(source).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    collect_names(&hir, &mut names);
+    Ok(names)
+}
+
+fn collect_names(hir: &regex_syntax::hir::Hir, names: &mut Vec<String>) {
+    use regex_syntax::hir::HirKind;
+    match hir.kind() {
+        HirKind::Capture(capture) => {
+            names.extend(capture.name.as_deref().map(str::to_string));
+            collect_names(&capture.sub, names);
+        }
+        HirKind::Concat(all) | HirKind::Alternation(all) => {
+            all.iter().for_each(|sub| collect_names(sub, names));
+        }
+        HirKind::Repetition(repetition) => collect_names(&repetition.sub, names),
+        _ => {}
     }
 }
 
@@ -510,6 +583,21 @@ summary = "a pull failed"
         let errors = parse(&sources).unwrap_err().0;
         assert_eq!(errors.len(), 1);
         assert!(errors[0].message.contains("duplicate id"));
+    }
+
+    #[test]
+    fn extractors_compile_when_first_needed_and_a_too_large_one_is_refused_then() {
+        let too_large = r"(?P<pod>(?:\w{100}){100})";
+        let text =
+            format!("{GOOD}extract = ['(?P<pod>[a-z]+)', '{too_large}', '(?P<pod>[a-z]+)']\n");
+        let rules = parse(&[("a.toml".into(), text)]).unwrap();
+        let [good, large, same] = &rules[0].extract[..] else { panic!("three extractors") };
+        assert!(Arc::ptr_eq(&good.0, &same.0), "one source, one compiled regex");
+        assert!(good.0.regex.get().is_none(), "not compiled at load");
+        assert!(good.regex().unwrap().is_match(b"pod"));
+        assert!(large.regex().is_none());
+        assert!(large.error().unwrap().contains("size limit"), "{:?}", large.error());
+        assert_eq!(good.error(), None);
     }
 
     #[test]
