@@ -85,20 +85,20 @@ const TURN_BYTES: usize = 64 * 1024;
 pub(crate) struct Turn {
     file: Arc<SharedFile>,
     number: u64,
-    used: bool,
+    /// Set once its read is over and the next turn may read.
+    finished: bool,
 }
 
 impl Turn {
     /// Turn `number` of `file`; turns must be numbered from 0 without a gap.
     pub(crate) fn new(file: &Arc<SharedFile>, number: u64) -> Turn {
-        Turn { file: file.clone(), number, used: false }
+        Turn { file: file.clone(), number, finished: false }
     }
 
     /// Waits for the turns before this one, then reads at least [`TURN_BYTES`] (or to the
     /// end), appending the frames that are complete (at the end of the file, its last line
     /// too). Nothing once the file ended.
     pub(crate) fn read(mut self, out: &mut Vec<Frame>) {
-        self.used = true;
         let file = &*self.file;
         let mut state = file.lock();
         while state.next < self.number && !file.ended() {
@@ -118,15 +118,16 @@ impl Turn {
         }
         state.next = self.number + 1;
         drop(state);
+        self.finished = true;
         file.turn.notify_all();
     }
 }
 
 impl Drop for Turn {
-    /// A turn dropped unread (the pipeline is closing) ends the file: the turns after it
-    /// would otherwise wait for it for ever.
+    /// A turn dropped unread (the pipeline is closing, or its worker panicked mid-read)
+    /// ends the file: the turns after it, and the source, would otherwise wait for ever.
     fn drop(&mut self) {
-        if !self.used {
+        if !self.finished {
             let file = &*self.file;
             let mut state = file.lock();
             file.end(&mut state, None);
