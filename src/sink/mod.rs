@@ -184,6 +184,10 @@ impl Sink {
     }
 }
 
+/// Batches held for their flush at most, in bytes: past this the sink flushes even though
+/// more batches are waiting, so a queue that never empties cannot hold the whole input.
+const HELD_BYTES: usize = 4 * WRITE_BUFFER_BYTES;
+
 /// Writes batches, holding each until the flush that makes it durable; on a failure every
 /// batch not yet flushed, and every later one, is marked undelivered.
 fn write_batches(
@@ -198,12 +202,15 @@ fn write_batches(
         unflushed.clear();
     };
     let result = (|| {
+        let mut held = 0;
         while let Ok(batch) = batches.recv() {
             writer.write_all(&batch.bytes)?;
+            held += batch.bytes.len();
             unflushed.push(batch);
-            if batches.is_empty() {
+            if batches.is_empty() || held >= HELD_BYTES {
                 writer.flush()?;
                 flushed(&mut unflushed);
+                held = 0;
             }
         }
         writer.flush()?;
@@ -216,4 +223,51 @@ fn write_batches(
         counters.failed(lost.iter().map(retry::count_records).sum());
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts flushes, and the bytes written by the time of each.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<std::sync::Mutex<(usize, Vec<usize>)>>);
+
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().0 += buf.len();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            let mut state = self.0.lock().unwrap();
+            let written = state.0;
+            state.1.push(written);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_queue_that_never_empties_still_flushes_and_lets_batches_go() {
+        let line = vec![b'x'; 1023].into_iter().chain([b'\n']).collect::<Vec<u8>>();
+        let batch_bytes: Vec<u8> = line.repeat(64);
+        let (queue, batches) = flume::unbounded::<Batch>();
+        // Everything is queued before the sink starts: it never finds the queue empty
+        // until the last batch.
+        let total = 5 * HELD_BYTES / batch_bytes.len();
+        for _ in 0..total {
+            let output = Output { bytes: batch_bytes.clone(), records: Vec::new(), ack: None };
+            queue.send(Arc::new(output)).unwrap();
+        }
+        drop(queue);
+        let recorder = Recorder::default();
+        let counters = SinkCounters::default();
+        write_batches(batches, Box::new(recorder.clone()), &counters).unwrap();
+
+        let (written, flushes) = recorder.0.lock().unwrap().clone();
+        assert_eq!(written, total * batch_bytes.len());
+        assert!(flushes.len() >= 5, "flushed only at {flushes:?}");
+        assert!(flushes.windows(2).all(|w| w[1] - w[0] <= HELD_BYTES + batch_bytes.len()));
+        assert_eq!(counters.totals().0, (total * 64) as u64, "every record counted sent");
+    }
 }
