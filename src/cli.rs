@@ -349,8 +349,8 @@ fn check(args: ConfigArgs) -> Result<(), Failure> {
             // Extractors compile when a record first needs one: a run would find one that
             // cannot only then.
             for rule in rules.rules() {
-                let errors = rule.extract.iter().filter_map(|e| e.error());
-                problems.extend(errors.map(|e| format!("rule {}: {e}", rule.id.as_str())));
+                let id = rule.id.as_str();
+                problems.extend(rule.extractor_errors().map(|e| format!("rule {id}: {e}")));
             }
             let mut out = std::io::stdout().lock();
             let n = rules.rules().len();

@@ -14,6 +14,11 @@ use crate::source::SourceConfig;
 use crate::tag::mask::{MaskConfig, Masker};
 use crate::tag::Unmatched;
 
+/// The cores this process may run on: the default number of tagging threads.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The file's structure. Every table and key is optional; defaults are in `pipeline.toml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -253,7 +258,7 @@ impl Settings {
             .min()
             .unwrap_or(1000);
         let threads = match config.run.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => cores(),
             n => n,
         };
         Ok(Settings {

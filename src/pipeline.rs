@@ -158,9 +158,8 @@ pub fn run(
         let limits = (settings.max_line_bytes, settings.read_bytes);
         // With a core to spare, a reader thread copies the next block while the workers
         // tag; without one, it would only compete with them.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // With a single worker, a read that waits would hold back every other source.
-        let workers_read = threads >= cores && threads > 1;
+        let workers_read = threads >= crate::config::cores() && threads > 1;
         let (thread, stop) =
             (std::thread::Builder::new().name("source streams".into()), stop.clone());
         readers.push(thread.spawn(move || read_streams(streams, limits, workers_read, stop))?);

@@ -141,8 +141,7 @@ pub fn lint(rules: &RuleSet) -> Vec<String> {
         if rule.cause.is_empty() || rule.remediation.is_empty() {
             problems.push(format!("{id}: cause and remediation should not be empty"));
         }
-        problems
-            .extend(rule.extract.iter().filter_map(|e| e.error()).map(|e| format!("{id}: {e}")));
+        problems.extend(rule.extractor_errors().map(|e| format!("{id}: {e}")));
         for pattern in &rule.patterns {
             if pattern.len() < MIN_PATTERN_BYTES {
                 problems.push(format!(

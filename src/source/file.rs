@@ -53,10 +53,16 @@ impl SharedFile {
 
     /// Waits until turn `number` has read, or the file ended.
     pub(crate) fn wait_read(&self, number: u64) {
+        drop(self.wait_for_turn(number + 1));
+    }
+
+    /// The state once turn `number` may read (the turns before it have), or the file ended.
+    fn wait_for_turn(&self, number: u64) -> MutexGuard<'_, State> {
         let mut state = self.lock();
-        while state.next <= number && !self.ended() {
+        while state.next < number && !self.ended() {
             state = self.turn.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
+        state
     }
 
     /// The read error that ended the file, once.
@@ -100,10 +106,7 @@ impl Turn {
     /// too). Nothing once the file ended.
     pub(crate) fn read(mut self, out: &mut Vec<Frame>) {
         let file = &*self.file;
-        let mut state = file.lock();
-        while state.next < self.number && !file.ended() {
-            state = file.turn.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
+        let mut state = file.wait_for_turn(self.number);
         let mut taken = 0;
         while !file.ended() && taken < TURN_BYTES {
             let State { input, framer, .. } = &mut *state;

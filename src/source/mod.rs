@@ -47,7 +47,7 @@ pub enum SourceConfig {
 
 /// A stream input, opened.
 pub(crate) enum Opened {
-    /// A regular file: reads never wait, so the workers do them.
+    /// A regular file: the workers can read it themselves.
     File(File),
     /// Stdin, a pipe, a terminal or a device: read by a thread of its own, since a read
     /// may wait for ever.

@@ -9,10 +9,8 @@ use std::sync::LazyLock;
 
 use regex::bytes::Regex;
 
-use super::rules::Extractor;
-
 use super::header::LogHeader;
-use super::rules::GROUPS;
+use super::rules::{Extractor, GROUPS};
 
 /// Attribute key to value; ordered so output is stable.
 pub(crate) type Attributes = BTreeMap<&'static str, String>;

@@ -228,7 +228,7 @@ pub(crate) fn check(
     mut errors: Vec<RuleError>,
 ) -> Result<Vec<Rule>, RuleErrors> {
     let mut rules: Vec<Rule> = Vec::new();
-    // Rules often share an extractor: each distinct one is compiled once.
+    // Rules often share an extractor: each distinct one is parsed, and compiled, once.
     let mut regexes = HashMap::new();
     for (file, spec) in specs {
         let mut check =
@@ -320,7 +320,7 @@ struct Check<'a> {
     file: &'a str,
     id: &'a str,
     errors: &'a mut Vec<RuleError>,
-    /// The extractors compiled so far, by source.
+    /// The extractors checked so far, by source.
     regexes: &'a mut HashMap<String, Extractor>,
     failed: bool,
 }
@@ -475,6 +475,13 @@ impl Extractor {
             })
         };
         self.0.regex.get_or_init(compile)
+    }
+}
+
+impl Rule {
+    /// Why each extractor that cannot be compiled is refused, compiling them all.
+    pub(crate) fn extractor_errors(&self) -> impl Iterator<Item = String> + '_ {
+        self.extract.iter().filter_map(Extractor::error)
     }
 }
 
