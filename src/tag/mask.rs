@@ -6,6 +6,8 @@
 //! regexes. A secret is replaced only where it lies inside one JSON string and does not
 //! cut an escape sequence in two, so the line stays valid JSON.
 
+use std::sync::OnceLock;
+
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::bytes::Regex;
 use serde::Deserialize;
@@ -239,10 +241,27 @@ pub const DETECTORS: &[Detector] = &[
     },
 ];
 
-/// One compiled regex and the detector it belongs to.
+/// One regex of a detector. A shipped one is compiled when a line first wakes its
+/// detector: compiling them all would double the time a run takes to start, and most runs
+/// wake only a few. A user's pattern is compiled when the configuration loads, so an
+/// error in it stops the run before it starts.
 struct Compiled {
-    regex: Regex,
+    /// The pattern as it is compiled.
+    pattern: String,
+    regex: OnceLock<Regex>,
     check: Check,
+}
+
+impl Compiled {
+    fn shipped(pattern: &str, check: Check) -> Compiled {
+        // ASCII classes make small, fast automata. A secret still ends on a character
+        // boundary: its classes take every non-ASCII byte, and it is bounded by ASCII.
+        Compiled { pattern: format!("(?-u){pattern}"), regex: OnceLock::new(), check }
+    }
+
+    fn regex(&self) -> &Regex {
+        self.regex.get_or_init(|| Regex::new(&self.pattern).expect("shipped patterns compile"))
+    }
 }
 
 /// The detectors of one configuration, built once and shared by every worker.
@@ -295,12 +314,7 @@ impl Masker {
                 .iter()
                 .find(|d| d.name == name)
                 .ok_or_else(|| MaskError::UnknownDetector(name.clone()))?;
-            // ASCII classes make small, fast automata. A secret still ends on a character
-            // boundary: its classes take every non-ASCII byte, and it is bounded by ASCII.
-            let regexes = detector.patterns.iter().map(|&(pattern, check)| Compiled {
-                regex: Regex::new(&format!("(?-u){pattern}")).expect("shipped patterns compile"),
-                check,
-            });
+            let regexes = detector.patterns.iter().map(|&(p, check)| Compiled::shipped(p, check));
             let triggers_of = detector.triggers.iter().map(|t| t.to_string()).collect();
             masker.add(regexes.collect(), triggers_of, &mut triggers);
         }
@@ -310,7 +324,8 @@ impl Masker {
             if extra.triggers.iter().any(String::is_empty) {
                 return Err(bad("a trigger is empty".into()));
             }
-            let compiled = vec![Compiled { regex, check: Check::Any }];
+            let (pattern, regex) = (extra.pattern.clone(), OnceLock::from(regex));
+            let compiled = vec![Compiled { pattern, regex, check: Check::Any }];
             masker.add(compiled, extra.triggers.clone(), &mut triggers);
         }
         // A DFA: a few dozen literals make a small one, and it reads every forwarded line.
@@ -387,7 +402,7 @@ impl Masker {
 
 fn find_secrets(regexes: &[Compiled], line: &[u8], spans: &mut Vec<(usize, usize)>) {
     for compiled in regexes {
-        for captures in compiled.regex.captures_iter(line) {
+        for captures in compiled.regex().captures_iter(line) {
             let found = captures.name("secret").or_else(|| captures.get(0));
             let Some(found) = found.filter(|m| !m.is_empty()) else { continue };
             if matches!(compiled.check, Check::NotWord) && is_word(found.as_bytes()) {

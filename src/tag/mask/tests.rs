@@ -268,6 +268,19 @@ fn every_kind_of_secret_is_masked() {
     }
 }
 
+/// Shipped regexes compile only when a line first wakes their detector: every one of
+/// them must compile.
+#[test]
+fn every_shipped_pattern_compiles() {
+    let masker = masker();
+    let regexes = masker.detectors.iter().flatten();
+    let shipped: usize = DETECTORS.iter().map(|d| d.patterns.len()).sum();
+    assert_eq!(regexes.clone().count(), shipped);
+    for compiled in regexes {
+        assert!(Regex::new(&compiled.pattern).is_ok(), "{}", compiled.pattern);
+    }
+}
+
 #[test]
 fn each_secret_is_found_by_its_own_detector() {
     for &(name, detector, message, secret, _) in SECRETS {
