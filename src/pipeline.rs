@@ -150,7 +150,9 @@ pub fn run(
                     (std::thread::Builder::new().name("source tcp".into()), stop.clone());
                 readers.push(thread.spawn(move || source.run(feed, stop, limits))?);
             }
-            _ => streams.push((config.open_stream()?, feed)),
+            // Opened by the reader in turn, as `cat` would: opening a FIFO waits for its
+            // writer, and a stop must not wait with it.
+            _ => streams.push((config.clone(), feed)),
         }
     }
     // Files and stdin are read one after another, as `cat` would.
@@ -356,26 +358,41 @@ pub(crate) fn abandon(ack: Option<&Ack>) {
     }
 }
 
-/// Reads stream inputs in turn, each framed from its start; regular files are read by
-/// the workers themselves when `workers_read`.
+/// Opens and reads stream inputs in turn, each framed from its start; regular files are
+/// read by the workers themselves when `workers_read`. An error names its input.
 fn read_streams(
-    streams: Vec<(Opened, Feed)>,
-    (max_line_bytes, read_bytes): (usize, usize),
+    streams: Vec<(SourceConfig, Feed)>,
+    limits: (usize, usize),
     workers_read: bool,
     stop: Stop,
 ) -> io::Result<()> {
-    for (input, feed) in streams {
-        let framer = Framer::new(max_line_bytes, read_bytes);
-        let more = match input {
-            Opened::File(file) if workers_read => hand_out_reads(file, framer, &feed, &stop)?,
-            Opened::File(file) => read_lines(Box::new(file), framer, &feed, &stop)?,
-            Opened::Stream(input) => read_lines(input, framer, &feed, &stop)?,
-        };
-        if !more {
+    for (config, feed) in streams {
+        let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", config.label()));
+        let input = config.open_stream().map_err(named)?;
+        if stop.requested()
+            || !read_stream(input, limits, workers_read, &feed, &stop).map_err(named)?
+        {
             break;
         }
     }
     Ok(())
+}
+
+/// Reads one opened input to its end; false once the pipeline takes no more or a stop is
+/// asked.
+fn read_stream(
+    input: Opened,
+    (max_line_bytes, read_bytes): (usize, usize),
+    workers_read: bool,
+    feed: &Feed,
+    stop: &Stop,
+) -> io::Result<bool> {
+    let framer = Framer::new(max_line_bytes, read_bytes);
+    match input {
+        Opened::File(file) if workers_read => hand_out_reads(file, framer, feed, stop),
+        Opened::File(file) => read_lines(Box::new(file), framer, feed, stop),
+        Opened::Stream(input) => read_lines(input, framer, feed, stop),
+    }
 }
 
 /// Hands the reads of a regular file to the workers, one turn each, until one of them
