@@ -176,6 +176,11 @@ pub fn run(
     collector.metrics = settings.metrics.address.is_some().then(|| metrics.clone());
     metrics.running(true);
     collector.collect(&pending_queue, &stop);
+    if collector.sinks.is_empty() {
+        // Nothing more can be delivered (`| head` closed stdout): reading on would only
+        // wait on an idle input.
+        stop.request();
+    }
     metrics.running(false);
     drop(pending_queue);
     for consumer in consumers {
@@ -626,6 +631,9 @@ impl Collector {
                     self.stopping_since.get_or_insert_with(Instant::now);
                     break;
                 }
+                // A sink that stopped while the input is idle (`| head` closed stdout)
+                // would otherwise be found only with the next batch.
+                Err(flume::RecvTimeoutError::Timeout) if !self.prune() => return,
                 Err(flume::RecvTimeoutError::Timeout) => continue,
                 Err(flume::RecvTimeoutError::Disconnected) => return,
             };
@@ -707,13 +715,34 @@ impl Collector {
                 Offer::Taken => self.sinks.push(sink),
                 Offer::Gone => {
                     batch.fail();
-                    tracing::warn!(sink = %sink.label, "sink takes no more batches");
-                    sink.counters.down();
-                    self.dead_sinks.push(sink);
+                    self.bury(sink);
                 }
             }
         }
         !self.sinks.is_empty()
+    }
+
+    /// Lets go of the sinks that stopped; false once none is left.
+    fn prune(&mut self) -> bool {
+        let (gone, alive): (Vec<Sink>, Vec<Sink>) =
+            std::mem::take(&mut self.sinks).into_iter().partition(|s| s.queue.is_disconnected());
+        self.sinks = alive;
+        for sink in gone {
+            self.bury(sink);
+        }
+        !self.sinks.is_empty()
+    }
+
+    /// Sets aside a sink that takes no more batches; its error is reported at the end.
+    fn bury(&mut self, sink: Sink) {
+        if sink.is_stdout {
+            // Most often a reader that had enough (`| head`): a clean end.
+            tracing::info!(sink = %sink.label, "sink takes no more batches");
+        } else {
+            tracing::warn!(sink = %sink.label, "sink takes no more batches");
+        }
+        sink.counters.down();
+        self.dead_sinks.push(sink);
     }
 
     /// Queues a batch for one sink, waiting while its queue is full. Once a stop is asked,
