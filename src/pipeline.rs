@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use crate::source::tcp::TcpSource;
 use crate::source::{Checkpoint, Opened, SourceConfig};
 use crate::stats::Counts;
 use crate::tag::route::Routed;
+use crate::tag::ruleset::RuleSet;
 use crate::tag::{Outcome, TaggerSlot, Worker};
 
 /// Work on its way to a worker, with where to send the result.
@@ -51,7 +52,7 @@ struct Pending {
     reply: flume::Receiver<Done>,
 }
 
-/// What a worker made of one frame.
+/// What a worker made of one job, or of a part of it.
 #[derive(Default)]
 struct Done {
     out: Vec<u8>,
@@ -60,6 +61,56 @@ struct Done {
     rejects: Vec<Reject>,
     records: Vec<Routed>,
     ack: Option<Ack>,
+    /// Whether more parts of the same job follow.
+    more: bool,
+}
+
+/// How much output one part of a job's result holds, the line that crossed it included.
+/// A frame of small records that each become a long tagged line makes tens of times its
+/// size in output: sent whole, that would make memory follow the input's shape instead of
+/// the pipeline's bounds. A worker waits for the collector to take a part before it sends
+/// the next, so a job in flight holds at most two parts.
+const PART_BYTES: usize = 256 * 1024;
+
+/// A job's result on its way to the collector, sent in parts of [`PART_BYTES`].
+struct Results {
+    reply: flume::Sender<Done>,
+    ack: Option<Ack>,
+    done: Done,
+    /// Cleared once no one waits for the result any more (the run is stopping).
+    wanted: bool,
+}
+
+impl Results {
+    fn new(reply: flume::Sender<Done>, ack: Option<Ack>) -> Results {
+        Results { reply, ack, done: Done::default(), wanted: true }
+    }
+
+    /// Sends what is done so far if it holds a part's worth of output.
+    fn part_done(&mut self, rules: &RuleSet) {
+        if self.done.out.len() >= PART_BYTES {
+            self.send(rules, true);
+        }
+    }
+
+    /// Sends the last part.
+    fn finish(mut self, rules: &RuleSet) {
+        self.send(rules, false);
+    }
+
+    /// Every part carries the frame's ack: the frame settles once all of them are
+    /// delivered, and fails if any one is not.
+    fn send(&mut self, rules: &RuleSet, more: bool) {
+        let mut done = std::mem::take(&mut self.done);
+        done.counts.name_rules(rules);
+        done.ack = if more { self.ack.clone() } else { self.ack.take() };
+        done.more = more;
+        if let Err(flume::SendError(done)) = self.reply.send(done) {
+            // Not delivered: its frame must not be checkpointed past.
+            abandon(done.ack.as_ref());
+            self.wanted = false;
+        }
+    }
 }
 
 /// How a run ended.
@@ -120,9 +171,11 @@ pub fn run(
     let mut consumers = Vec::new();
     let mut checkpoints: Vec<Arc<dyn Checkpoint>> = Vec::new();
     let mut streams = Vec::new();
+    let order = Arc::new(Mutex::new(()));
     for (index, config) in settings.sources.iter().enumerate() {
         labels.push(config.label());
-        let feed = Feed { source: index, jobs: jobs.clone(), pending: pending.clone() };
+        let (jobs, pending, order) = (jobs.clone(), pending.clone(), order.clone());
+        let feed = Feed { source: index, jobs, pending, order };
         match config {
             SourceConfig::Journal(journal) => {
                 let source = JournalSource::new(journal, settings.max_line_bytes)?;
@@ -279,6 +332,14 @@ pub(crate) struct Feed {
     source: usize,
     jobs: flume::Sender<Job>,
     pending: flume::Sender<Pending>,
+    /// Shared by every source and held while a frame's place in the order and its job are
+    /// queued, so that the workers take frames in the order the collector waits for them.
+    /// A worker that waits for the collector to take a part of its result then always
+    /// holds a later frame than one the collector waits for, which another worker has
+    /// taken or will take. The one exception, a file's turn, is taken before its place is
+    /// queued; with one turn out at a time and two workers at least, the other worker
+    /// is free for the earlier frames.
+    order: Arc<Mutex<()>>,
 }
 
 /// Why a frame was not taken.
@@ -294,6 +355,7 @@ impl Feed {
     pub(crate) fn send(&self, frame: Frame, ack: Option<Ack>) -> bool {
         let (reply, result) = flume::bounded(1);
         let pending = Pending { source: self.source, reply: result };
+        let _order = self.order();
         if self.pending.send(pending).is_err() {
             abandon(ack.as_ref());
             return false;
@@ -318,6 +380,10 @@ impl Feed {
         self.pending.send(Pending { source: self.source, reply: result }).is_ok()
     }
 
+    fn order(&self) -> MutexGuard<'_, ()> {
+        self.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Hands a job whose place in the order is taken to the workers.
     fn queue(&self, job: Job) -> bool {
         match self.jobs.send(job) {
@@ -339,6 +405,7 @@ impl Feed {
     ) -> Result<(), Refused> {
         let (reply, result) = flume::bounded(1);
         let pending = Pending { source: self.source, reply: result };
+        let _order = self.order();
         match self.pending.send_timeout(pending, wait) {
             Ok(()) => {}
             Err(flume::SendTimeoutError::Timeout(_)) => return Err(Refused::Busy(frame, ack)),
@@ -456,31 +523,24 @@ fn spawn_worker(
         while let Ok(job) = jobs.recv() {
             // Between frames: a frame is tagged by one rule set, old or new.
             worker.refresh(&slot);
-            let mut done = Done::default();
+            let mut results = Results::new(job.reply, job.ack);
             match job.work {
-                Work::Frame(frame) => process(&mut worker, frame, max_line_bytes, &mut done),
-                Work::Read(turn) => {
-                    turn.read(&mut frames);
-                    for frame in frames.drain(..) {
-                        process(&mut worker, frame, max_line_bytes, &mut done);
-                    }
-                }
+                Work::Frame(frame) => frames.push(frame),
+                Work::Read(turn) => turn.read(&mut frames),
             }
-            done.counts.name_rules(worker.rules());
-            done.ack = job.ack;
-            // No one waits for the result any more (the run is stopping): its frame was
-            // not delivered.
-            if let Err(flume::SendError(done)) = job.reply.send(done) {
-                abandon(done.ack.as_ref());
+            for frame in frames.drain(..) {
+                process(&mut worker, frame, max_line_bytes, &mut results);
             }
+            results.finish(worker.rules());
         }
     })
 }
 
-/// Tags every line of a frame, adding to `done`.
-fn process(worker: &mut Worker, frame: Frame, max_line_bytes: usize, done: &mut Done) {
+/// Tags every line of a frame, adding to `results` (nothing once no one wants them).
+fn process(worker: &mut Worker, frame: Frame, max_line_bytes: usize, results: &mut Results) {
     match frame {
         Frame::Oversize { prefix, len } => {
+            let done = &mut results.done;
             done.counts.bytes += len + 1;
             reject(done, Malformed::TooLong, prefix, len);
             done.counts.records += 1;
@@ -488,13 +548,21 @@ fn process(worker: &mut Worker, frame: Frame, max_line_bytes: usize, done: &mut 
         }
         Frame::Lines(bytes) => {
             for (line, taken) in lines(&bytes) {
-                done.counts.bytes += taken;
-                one_line(worker, &bytes, line, max_line_bytes, done);
+                results.done.counts.bytes += taken;
+                one_line(worker, &bytes, line, max_line_bytes, &mut results.done);
+                results.part_done(worker.rules());
+                if !results.wanted {
+                    return;
+                }
             }
         }
         Frame::Records { bytes, records } => {
             for whole in records {
-                one_record(worker, &bytes, whole, max_line_bytes, done);
+                one_record(worker, &bytes, whole, max_line_bytes, &mut results.done);
+                results.part_done(worker.rules());
+                if !results.wanted {
+                    return;
+                }
             }
         }
     }
@@ -649,29 +717,47 @@ impl Collector {
         }
     }
 
-    /// Handles one result; false once no sink is left to take output.
+    /// Handles one result, part by part; false once no sink is left to take output.
     fn take(&mut self, pending: Pending) -> bool {
+        loop {
+            let Some(done) = self.next_part(&pending) else { return false };
+            let more = done.more;
+            if !self.handle(pending.source, done) {
+                return false;
+            }
+            if !more {
+                return true;
+            }
+        }
+    }
+
+    /// Waits for the next part of a result; `None` if it will not come.
+    fn next_part(&mut self, pending: &Pending) -> Option<Done> {
         let reply = match self.shutdown_deadline() {
             Some(deadline) => pending.reply.recv_deadline(deadline),
             None => pending.reply.recv().map_err(|_| flume::RecvTimeoutError::Disconnected),
         };
-        let mut done = match reply {
-            Ok(done) => done,
+        match reply {
+            Ok(done) => Some(done),
             // A worker still in a read that waits (a file on a stalled network file system)
             // holds nothing delivered: the stop goes on without what it may still read.
             Err(flume::RecvTimeoutError::Timeout) => {
                 tracing::warn!("an input was still being read at the shutdown deadline");
-                return false;
+                None
             }
             Err(flume::RecvTimeoutError::Disconnected) => {
                 self.failures.push("a tagging worker stopped".into());
-                return false;
+                None
             }
-        };
-        let base = self.lines[pending.source];
-        self.lines[pending.source] += done.lines;
+        }
+    }
+
+    /// Counts, dead-letters and delivers one part; false once no sink is left.
+    fn handle(&mut self, source: usize, mut done: Done) -> bool {
+        let base = self.lines[source];
+        self.lines[source] += done.lines;
         for reject in &done.rejects {
-            self.dead_letter(pending.source, base + reject.offset + 1, reject);
+            self.dead_letter(source, base + reject.offset + 1, reject);
         }
         let mut lines = Lines { bytes: done.out, records: done.records };
         if let Some(dedupe) = &mut self.dedupe {
@@ -680,7 +766,7 @@ impl Collector {
         }
         self.counts.add(&done.counts);
         if let Some(metrics) = &self.metrics {
-            metrics.read(pending.source, &done.counts);
+            metrics.read(source, &done.counts);
             metrics.totals(&self.counts);
         }
         if lines.bytes.is_empty() {
@@ -899,7 +985,7 @@ mod tests {
         let (jobs, job_queue) = flume::bounded(1);
         let (pending, pending_queue) = flume::bounded(1);
         drop((job_queue, pending_queue));
-        let feed = Feed { source: 0, jobs, pending };
+        let feed = Feed { source: 0, jobs, pending, order: Arc::default() };
         assert!(!feed.send(frame(), Some(progress.ack("second".into()))));
         let refused = feed.offer(frame(), Some(progress.ack("third".into())), Duration::ZERO);
         assert!(matches!(refused, Err(Refused::Closed)));
@@ -914,6 +1000,11 @@ mod tests {
         let ack = Some(progress.ack("only".into()));
         jobs.send(Job { work: Work::Frame(frame()), ack, reply }).unwrap();
         drop(jobs);
+        spawn_worker(0, job_queue, worker(), 1 << 20).unwrap().join().unwrap();
+        assert_eq!(progress.committed(), None);
+    }
+
+    fn worker() -> (Worker, TaggerSlot) {
         let rules = Arc::new(crate::tag::ruleset::RuleSet::shipped().unwrap());
         let tagger = crate::tag::Tagger {
             rules,
@@ -922,8 +1013,39 @@ mod tests {
             mask: Arc::new(crate::tag::mask::Masker::off()),
         };
         let slot = TaggerSlot::new(Arc::new(tagger));
-        let worker = (Worker::new(slot.current()), slot);
-        spawn_worker(0, job_queue, worker, 1 << 20).unwrap().join().unwrap();
-        assert_eq!(progress.committed(), None);
+        (Worker::new(slot.current()), slot)
+    }
+
+    /// Small records that each become a long tagged line: the frame's result comes in
+    /// parts of bounded size, each carrying the frame's ack, the counts adding up.
+    #[test]
+    fn a_result_much_larger_than_its_frame_comes_in_parts() {
+        const RECORDS: usize = 2000;
+        let line = b"{\"MESSAGE\":\"PLEG is not healthy\"}\n";
+        let frame = Frame::Lines(Bytes::from(line.repeat(RECORDS)));
+        let progress: Arc<Progress> = Arc::new(Progress::default());
+        let (jobs, job_queue) = flume::bounded(1);
+        let (reply, result) = flume::bounded(1);
+        let ack = Some(progress.ack("frame".into()));
+        jobs.send(Job { work: Work::Frame(frame), ack, reply }).unwrap();
+        drop(jobs);
+        let worker = spawn_worker(0, job_queue, worker(), 1 << 20).unwrap();
+
+        let mut parts = Vec::new();
+        while let Ok(done) = result.recv() {
+            assert!(done.out.len() < PART_BYTES + 4096, "{} bytes", done.out.len());
+            assert!(done.ack.is_some(), "part {} has no ack", parts.len());
+            assert_eq!(done.out.iter().filter(|&&b| b == b'\n').count() as u64, done.lines);
+            parts.push((done.lines, done.counts.forwarded, done.more));
+            assert!(!progress.settled(), "settled before every part was let go");
+        }
+        worker.join().unwrap();
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        let last = parts.pop().unwrap();
+        assert!(!last.2 && parts.iter().all(|p| p.2), "only the last part ends the result");
+        parts.push(last);
+        assert_eq!(parts.iter().map(|p| p.0).sum::<u64>(), RECORDS as u64);
+        assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), RECORDS as u64);
+        assert!(progress.settled());
     }
 }

@@ -1,4 +1,5 @@
-//! Bounds a run keeps whatever its input and its reader do: the end of a run whose output
+//! Bounds a run keeps whatever its input and its reader do: memory when every small record
+//! becomes a long tagged line and the reader is slow, and the end of a run whose output
 //! was closed while its input is idle.
 
 mod common;
@@ -12,6 +13,13 @@ use common::{kubetag, spawn_piped};
 const PLEG: &[u8] =
     b"{\"_SYSTEMD_UNIT\":\"kubelet.service\",\"MESSAGE\":\"PLEG is not healthy\"}\n";
 
+/// The peak resident memory of a running process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Waits for `child` to exit, at most `limit`.
 fn exit_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
@@ -23,6 +31,42 @@ fn exit_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
     let _ = child.kill();
     None
+}
+
+#[test]
+fn memory_stays_bounded_when_small_records_become_long_lines() {
+    // 70-byte records, each forwarded as a tagged line some twenty times longer: 2.8 MB
+    // of input make 60 MB of output.
+    const RECORDS: usize = 40_000;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("storm.jsonl");
+    std::fs::write(&input, PLEG.repeat(RECORDS)).unwrap();
+
+    let mut child = kubetag()
+        .args(["-q", "--threads", "2"])
+        .arg(&input)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdout = child.stdout.take().unwrap();
+    // A reader slower than the pipeline: every queue behind it fills.
+    let mut buffer = vec![0; 64 * 1024];
+    let (mut peak, mut lines) = (0, 0);
+    loop {
+        let n = stdout.read(&mut buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        lines += buffer[..n].iter().filter(|&&b| b == b'\n').count();
+        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(lines, RECORDS);
+    assert!(peak > 0, "no peak RSS read");
+    assert!(peak < 48 * 1024, "peak RSS {peak} KiB");
 }
 
 #[test]
