@@ -79,7 +79,7 @@ impl RuleSet {
     }
 
     /// Whether `message` holds any pattern: the whole test for most records.
-    pub(crate) fn any_pattern(&self, message: &[u8]) -> bool {
+    pub fn any_pattern(&self, message: &[u8]) -> bool {
         self.automaton.is_match(message)
     }
 
