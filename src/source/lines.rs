@@ -61,6 +61,13 @@ pub(crate) fn lines(bytes: &[u8]) -> impl Iterator<Item = (std::ops::Range<usize
     })
 }
 
+/// The shortest the line holding `tail` can turn out to be. A CR at its end is not counted:
+/// it is dropped with the newline if one comes next, and at the end of input too, the way
+/// [`lines`] drops it, so where a read happens to end cannot change the verdict.
+fn tail_body(tail: &[u8]) -> usize {
+    tail.len() - usize::from(tail.last() == Some(&b'\r'))
+}
+
 /// A read buffer lent to the frames cut from it; when the last frame lets go of it, it
 /// goes back to its framer, so reads land in memory that is already initialised instead of
 /// memory that must be zeroed first.
@@ -190,7 +197,7 @@ impl Framer {
             }
             None => self.recycle(buf),
         }
-        if self.tail.len() > self.max_line_bytes {
+        if tail_body(&self.tail) > self.max_line_bytes {
             let keep = self.tail.len().min(KEPT_PREFIX_BYTES);
             let prefix = Bytes::copy_from_slice(&self.tail[..keep]);
             self.skipping = Some((prefix, self.tail.len() as u64));
@@ -256,6 +263,85 @@ mod tests {
     #[test]
     fn long_last_line_without_newline() {
         assert_eq!(frames(&[&[b'y'; 50]], 20), ["O:yyy:50"]);
+    }
+
+    /// Each line's verdict as the pipeline reaches it: its length when it is within `max`,
+    /// `None` when it is refused as too long.
+    fn verdicts(frames: &[Frame], max: usize) -> Vec<Option<usize>> {
+        let mut all = Vec::new();
+        for frame in frames {
+            match frame {
+                Frame::Lines(bytes) => {
+                    let judged = lines(bytes).map(|(line, _)| line.len());
+                    all.extend(judged.map(|len| (len <= max).then_some(len)));
+                }
+                Frame::Oversize { .. } => all.push(None),
+                Frame::Records { .. } => unreachable!("a framer cuts lines"),
+            }
+        }
+        all
+    }
+
+    /// The frames of `input` read `read_bytes` at a time.
+    fn read_in(input: &[u8], max: usize, read_bytes: usize) -> Vec<Frame> {
+        let mut framer = Framer::new(max, read_bytes);
+        let (mut out, mut reader) = (Vec::new(), input);
+        while framer.read(&mut reader, &mut out).unwrap() > 0 {}
+        framer.finish(&mut out);
+        out
+    }
+
+    /// The frames of `input` arriving in two pieces, split at `at`.
+    fn split_at(input: &[u8], max: usize, at: usize) -> Vec<Frame> {
+        let mut framer = Framer::new(max, 16);
+        let mut out = Vec::new();
+        framer.push(&input[..at], &mut out);
+        framer.push(&input[at..], &mut out);
+        framer.finish(&mut out);
+        out
+    }
+
+    const MAX: usize = 8;
+
+    /// A named input and the verdict on each of its lines.
+    type Edge = (&'static str, &'static [u8], &'static [Option<usize>]);
+
+    /// Lines at and around the limit of [`MAX`] bytes, with CRs where a read may end.
+    const EDGES: &[Edge] = &[
+        ("lf line at the limit", b"12345678\nx", &[Some(8), Some(1)]),
+        ("crlf line at the limit", b"12345678\r\nnext\n", &[Some(8), Some(4)]),
+        ("last crlf line at the limit", b"12345678\r\n", &[Some(8)]),
+        ("last line at the limit ending in a cr", b"ok\n12345678\r", &[Some(2), Some(8)]),
+        ("crlf line one over the limit", b"123456789\r\nok\r\n", &[None, Some(2)]),
+        ("last line one over ending in a cr", b"123456789\r", &[None]),
+        ("two crs before the newline", b"12345678\r\r\nok\n", &[None, Some(2)]),
+        ("a cr inside a line", b"1234567\r8\r\n", &[None]),
+        ("a cr at the limit then more", b"12345678\rx\nok\n", &[None, Some(2)]),
+        ("a long line then one at the limit", b"123456789012\r\n12345678\r\n", &[None, Some(8)]),
+        ("empty crlf lines and a lone cr", b"\r\n\r\n\r", &[Some(0), Some(0), Some(0)]),
+    ];
+
+    #[test]
+    fn edge_case_names_are_unique() {
+        let mut names: Vec<_> = EDGES.iter().map(|(name, ..)| *name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), EDGES.len());
+    }
+
+    #[test]
+    fn a_line_is_judged_alike_wherever_reads_end() {
+        for &(name, input, want) in EDGES {
+            let whole = verdicts(&[Frame::Lines(Bytes::from_static(input))], MAX);
+            assert_eq!(whole, want, "{name}: as one piece");
+            for read_bytes in 1..=input.len() {
+                let got = verdicts(&read_in(input, MAX, read_bytes), MAX);
+                assert_eq!(got, want, "{name}: reads of {read_bytes} bytes");
+            }
+            for at in 0..=input.len() {
+                assert_eq!(verdicts(&split_at(input, MAX, at), MAX), want, "{name}: split at {at}");
+            }
+        }
     }
 
     #[test]
