@@ -443,6 +443,14 @@ fn shipped_rules_pass_their_examples_near_misses_and_the_real_cases() {
 }
 
 #[test]
+fn shipped_rules_pass_the_lint() {
+    let output = kubetag_tool().args(["rules", "lint"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+}
+
+#[test]
 fn rules_patterns_lists_the_automaton() {
     let output = kubetag_tool().args(["rules", "patterns"]).output().unwrap();
     assert!(output.status.success());
