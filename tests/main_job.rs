@@ -608,3 +608,44 @@ fn a_closed_stderr_neither_crashes_nor_blocks_the_stop() {
     assert!(status.success(), "{status}");
     drop(stdin);
 }
+
+const PLEG: &str = r#"{"_SYSTEMD_UNIT":"kubelet.service","MESSAGE":"PLEG is not healthy"}"#;
+
+#[test]
+fn a_fifo_given_as_file_delivers_what_its_writer_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("journal.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success());
+    let child = kubetag()
+        .arg(&fifo)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubetag starts");
+    // The open for writing waits until kubetag opens the FIFO for reading.
+    let writer = std::thread::spawn(move || {
+        let mut fifo = std::fs::OpenOptions::new().write(true).open(&fifo)?;
+        writeln!(fifo, "{PLEG}")
+    });
+    let output = output_within(child, Duration::from_secs(30));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(categories(&output.stdout), ["pleg"]);
+    writer.join().unwrap().expect("the writer's line is taken");
+}
+
+#[test]
+fn a_directory_among_the_files_is_refused_before_anything_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.jsonl");
+    std::fs::write(&file, format!("{PLEG}\n")).unwrap();
+    let sub = dir.path().join("logs");
+    std::fs::create_dir(&sub).unwrap();
+    let (file, sub_arg) = (file.to_str().unwrap(), sub.to_str().unwrap());
+    let output = run(&[file, sub_arg, file], b"");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty(), "nothing is read");
+    assert!(stderr.contains(&format!("{}: is a directory", sub.display())), "{stderr}");
+}
