@@ -2,13 +2,14 @@
 //! configuration, work with rules and explain what kubetag knows.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{kind_names, PipelineConfig, Settings};
+use crate::dead_letter::DeadLetter;
 use crate::metrics::server::Server;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Stop};
@@ -225,15 +226,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     let settings = settings(&args)?;
     let rules = load_rules(settings.rules_dir.as_deref())?;
     tracing::info!(rules = rules.rules().len(), patterns = rules.patterns().len(), "rules loaded");
-    for source in &settings.sources {
-        source
-            .check()
-            .with_context(|| format!("cannot open input {}", source.label()))
-            .map_err(usage)?;
-    }
-    for sink in &settings.sinks {
-        sink.check().with_context(|| format!("output {}", sink.label())).map_err(usage)?;
-    }
+    let stats_file = check_start(&settings)?;
 
     let tagger = TaggerSlot::new(Arc::new(Tagger {
         rules: rules.clone(),
@@ -271,15 +264,61 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         // eprintln! would panic on a closed stderr; the summary is not worth a crash.
         let _ = writeln!(std::io::stderr(), "{}", report.summary());
     }
-    if let Some(path) = &settings.stats_file {
-        let json = serde_json::to_vec_pretty(&report).expect("counters serialize");
-        std::fs::write(path, json)
-            .with_context(|| format!("cannot write {}", path.display()))
-            .map_err(Failure::Runtime)?;
+    if let Some(stats_file) = stats_file {
+        stats_file.write(&report).map_err(Failure::Runtime)?;
     }
     match finished.failures.first() {
         None => Ok(()),
         Some(first) => Err(Failure::Runtime(anyhow!("{first}"))),
+    }
+}
+
+/// Refuses, before anything is read, what would only fail later: an input that cannot be
+/// opened, an output with bad settings, a dead-letter or stats path that cannot be
+/// written. The stats file stays open for the end of the run.
+fn check_start(settings: &Settings) -> Result<Option<StatsFile>, Failure> {
+    for source in &settings.sources {
+        source
+            .check()
+            .with_context(|| format!("cannot open input {}", source.label()))
+            .map_err(usage)?;
+    }
+    for sink in &settings.sinks {
+        sink.check().with_context(|| format!("output {}", sink.label())).map_err(usage)?;
+    }
+    if let Some(path) = &settings.dead_letter {
+        // The pipeline opens it again, to append, when it starts.
+        DeadLetter::open(path).map_err(usage)?;
+    }
+    settings.stats_file.as_deref().map(StatsFile::open).transpose().map_err(usage)
+}
+
+/// The `--stats-file`, opened when the run starts so that a path that cannot be written
+/// is refused then rather than found after the whole run.
+struct StatsFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl StatsFile {
+    fn open(path: &Path) -> anyhow::Result<StatsFile> {
+        // Truncated only when the counters are written: a run refused after this check
+        // leaves the file as it was.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot write stats file {}", path.display()))?;
+        Ok(StatsFile { path: path.to_path_buf(), file })
+    }
+
+    fn write(mut self, report: &crate::stats::Report) -> anyhow::Result<()> {
+        let json = serde_json::to_vec_pretty(report).expect("counters serialize");
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.write_all(&json))
+            .with_context(|| format!("cannot write stats file {}", self.path.display()))
     }
 }
 

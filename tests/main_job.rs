@@ -649,3 +649,17 @@ fn a_directory_among_the_files_is_refused_before_anything_is_read() {
     assert!(output.stdout.is_empty(), "nothing is read");
     assert!(stderr.contains(&format!("{}: is a directory", sub.display())), "{stderr}");
 }
+
+#[test]
+fn stats_and_dead_letter_paths_that_cannot_be_written_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir/out.json");
+    let missing = missing.to_str().unwrap();
+    for flag in ["--stats-file", "--dead-letter"] {
+        let output = run(&[flag, missing], format!("{PLEG}\n").as_bytes());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(output.stdout.is_empty(), "{flag}: nothing is read");
+        assert!(stderr.contains(missing), "{flag}: {stderr}");
+    }
+}
