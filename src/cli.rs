@@ -2,6 +2,8 @@
 //! configuration, work with rules and explain what kubetag knows.
 
 use std::io::Write as _;
+use std::os::fd::AsFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -274,8 +276,8 @@ fn run(args: RunArgs) -> Result<(), Failure> {
 }
 
 /// Refuses, before anything is read, what would only fail later: an input that cannot be
-/// opened, an output with bad settings, a dead-letter or stats path that cannot be
-/// written. The stats file stays open for the end of the run.
+/// opened, an output with bad settings, an output that is also an input, a dead-letter or
+/// stats path that cannot be written. The stats file stays open for the end of the run.
 fn check_start(settings: &Settings) -> Result<Option<StatsFile>, Failure> {
     for source in &settings.sources {
         source
@@ -286,11 +288,70 @@ fn check_start(settings: &Settings) -> Result<Option<StatsFile>, Failure> {
     for sink in &settings.sinks {
         sink.check().with_context(|| format!("output {}", sink.label())).map_err(usage)?;
     }
+    refuse_own_output(settings).map_err(usage)?;
     if let Some(path) = &settings.dead_letter {
         // The pipeline opens it again, to append, when it starts.
         DeadLetter::open(path).map_err(usage)?;
     }
     settings.stats_file.as_deref().map(StatsFile::open).transpose().map_err(usage)
+}
+
+/// A regular file's identity: its device and inode, whatever path names it.
+#[derive(PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    /// The identity of what `metadata` describes if it is a regular file: only a regular
+    /// file keeps what is written to it for a later read, so only one can loop.
+    fn of(metadata: std::io::Result<std::fs::Metadata>) -> Option<FileId> {
+        let metadata = metadata.ok().filter(std::fs::Metadata::is_file)?;
+        Some(FileId { dev: metadata.dev(), ino: metadata.ino() })
+    }
+
+    /// The file open as stdin or stdout, through a copy of its descriptor.
+    fn of_fd(fd: std::os::fd::BorrowedFd<'_>) -> Option<FileId> {
+        let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+        FileId::of(file.metadata())
+    }
+}
+
+/// Like `cat`, refuses to write to a file it reads: the run would read its own output back
+/// for ever (`kubetag --unmatched pass f >> f`).
+fn refuse_own_output(settings: &Settings) -> anyhow::Result<()> {
+    let outputs = output_files(settings);
+    for source in &settings.sources {
+        let id = match source {
+            SourceConfig::Stdin => FileId::of_fd(std::io::stdin().as_fd()),
+            SourceConfig::File { path } => FileId::of(std::fs::metadata(path)),
+            _ => None,
+        };
+        if let Some((_, output)) = outputs.iter().find(|(out, _)| Some(out) == id.as_ref()) {
+            let input = source.label();
+            return Err(anyhow!("input {input} is also {output}: it would read its own output"));
+        }
+    }
+    Ok(())
+}
+
+/// The regular files the run writes records to, each with a name for an error.
+fn output_files(settings: &Settings) -> Vec<(FileId, String)> {
+    let mut outputs = Vec::new();
+    for sink in &settings.sinks {
+        let id = match sink {
+            SinkConfig::Stdout => FileId::of_fd(std::io::stdout().as_fd()),
+            SinkConfig::File { path } => FileId::of(std::fs::metadata(path)),
+            _ => None,
+        };
+        outputs.extend(id.map(|id| (id, format!("the output {}", sink.label()))));
+    }
+    if let Some(path) = &settings.dead_letter {
+        let id = FileId::of(std::fs::metadata(path));
+        outputs.extend(id.map(|id| (id, format!("the dead-letter file {}", path.display()))));
+    }
+    outputs
 }
 
 /// The `--stats-file`, opened when the run starts so that a path that cannot be written

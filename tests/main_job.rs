@@ -651,6 +651,33 @@ fn a_directory_among_the_files_is_refused_before_anything_is_read() {
 }
 
 #[test]
+fn an_output_that_is_an_input_file_is_refused() {
+    // How the input file is made an output: flags (PATH stands for it), or stdout.
+    let cases: [(&str, &[&str], bool); 3] = [
+        ("stdout appends to the file", &[], true),
+        ("--output names the file", &["--output", "file:PATH"], false),
+        ("--dead-letter names the file", &["--dead-letter", "PATH"], false),
+    ];
+    for (name, flags, stdout_to_file) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("self.jsonl");
+        std::fs::write(&path, format!("{PLEG}\n")).unwrap();
+        let mut command = kubetag();
+        command.args(["--unmatched", "pass"]).arg(&path);
+        command.args(flags.iter().map(|f| f.replace("PATH", path.to_str().unwrap())));
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if stdout_to_file {
+            command.stdout(std::fs::File::options().append(true).open(&path).unwrap());
+        }
+        let output = output_within(command.spawn().unwrap(), Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(&format!("input {} is also", path.display())), "{name}: {stderr}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{PLEG}\n"), "{name}");
+    }
+}
+
+#[test]
 fn stats_and_dead_letter_paths_that_cannot_be_written_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-dir/out.json");
