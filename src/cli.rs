@@ -72,6 +72,7 @@ enum Command {
     Explain {
         /// A category id (image_pull, ...) or a rule id (image_pull.not_found, ...).
         name: String,
+        /// Rules directory replacing the shipped rules.
         #[arg(long, value_name = "DIR")]
         rules: Option<PathBuf>,
     },
@@ -82,16 +83,23 @@ enum Command {
 #[derive(Subcommand)]
 enum RulesCommand {
     /// Print every literal the automaton holds, one per line.
-    Patterns { dir: Option<PathBuf> },
+    Patterns {
+        /// Rules directory (default: the shipped rules).
+        dir: Option<PathBuf>,
+    },
     /// Run every rule's examples and near misses, and case files of real messages.
     Test {
+        /// Rules directory (default: the shipped rules).
         dir: Option<PathBuf>,
         /// JSON lines of {"name", "unit", "message", "category"}; repeatable.
         #[arg(long = "cases", value_name = "FILE")]
         cases: Vec<PathBuf>,
     },
     /// Report weak rules: no examples, short or shadowed patterns, keys out of order.
-    Lint { dir: Option<PathBuf> },
+    Lint {
+        /// Rules directory (default: the shipped rules).
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -110,10 +118,15 @@ struct RunArgs {
     files: Vec<String>,
     #[command(flatten)]
     config: ConfigArgs,
-    /// An input: `-`, `file:PATH` or a path. Repeatable; replaces configured sources.
+    /// An input: `-` or `stdin`, `file:PATH` or a path, `journal`, `tcp://HOST:PORT` (listen),
+    /// `kafka://HOST:PORT[,HOST:PORT]/TOPIC[,TOPIC]?group=GROUP[&until_end=true][&PROP=VALUE]`.
+    /// Repeatable; replaces configured sources.
     #[arg(long = "input", short = 'i', value_name = "URL")]
     inputs: Vec<String>,
-    /// An output: `-`, `file:PATH` or a path. Repeatable; replaces configured sinks.
+    /// An output: `-` or `stdout`, `file:PATH` or a path, `tcp://HOST:PORT`, `http://...` or
+    /// `https://...` (POST),
+    /// `kafka://HOST:PORT[,HOST:PORT]/TOPIC_TEMPLATE[?key=TEMPLATE][&PROP=VALUE]`.
+    /// Repeatable; replaces configured sinks.
     #[arg(long = "output", short = 'o', value_name = "URL")]
     outputs: Vec<String>,
     /// What to do with untagged records.
@@ -128,9 +141,11 @@ struct RunArgs {
     /// Write the end-of-run counters here as JSON.
     #[arg(long, value_name = "PATH")]
     stats_file: Option<PathBuf>,
+    /// The longest line taken (default 1 MiB); a longer one is skipped without being held
+    /// whole and counted as `too_long`.
     #[arg(long, value_name = "BYTES")]
     max_line_bytes: Option<usize>,
-    /// Tagging threads (default: one per core).
+    /// Tagging threads, 1 to 64 (default: one per core).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Serve /metrics, /healthz and /readyz here: HOST:PORT, or a port for loopback.
@@ -139,6 +154,7 @@ struct RunArgs {
     /// Log filter, e.g. `warn` or `kubetag=debug`.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log_level: String,
+    /// Logs on stderr as text lines or as JSON objects.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
     /// No end-of-run summary on stderr, warnings only.
@@ -212,6 +228,9 @@ fn settings(args: &RunArgs) -> Result<Settings, Failure> {
     }
     if let Some(threads) = args.threads {
         settings.threads = threads.clamp(1, MAX_THREADS);
+        if settings.threads != threads {
+            tracing::warn!(asked = threads, using = settings.threads, "--threads out of range");
+        }
     }
     if let Some(address) = &args.metrics {
         settings.metrics.address = Some(address.clone());
@@ -530,5 +549,79 @@ fn explain(name: &str, dir: Option<PathBuf>) -> Result<(), Failure> {
             "no category or rule named {name:?}; categories: {}",
             rules_tool::names()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// The help of every argument of `command` and its subcommands, by path.
+    fn helps(command: &clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+        for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+            let help = arg.get_long_help().or(arg.get_help()).map(ToString::to_string);
+            out.push((format!("{path} {}", arg.get_id()), help.unwrap_or_default()));
+        }
+        for sub in command.get_subcommands() {
+            helps(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    fn help_of(id: &str) -> String {
+        let mut all = Vec::new();
+        helps(&Cli::command(), "kubetag", &mut all);
+        all.into_iter().find(|(path, _)| path == id).map(|(_, help)| help).unwrap_or_default()
+    }
+
+    #[test]
+    fn every_argument_has_a_help_text() {
+        let mut all = Vec::new();
+        helps(&Cli::command(), "kubetag", &mut all);
+        let bare: Vec<&str> =
+            all.iter().filter(|(_, help)| help.trim().is_empty()).map(|(p, _)| &**p).collect();
+        assert!(bare.is_empty(), "no help: {bare:?}");
+    }
+
+    /// How the help writes each kind of input.
+    fn input_form(source: &SourceConfig) -> &'static str {
+        match source {
+            SourceConfig::Stdin => "`stdin`",
+            SourceConfig::File { .. } => "`file:PATH` or a path",
+            SourceConfig::Journal(_) => "`journal`",
+            SourceConfig::Tcp(_) => "`tcp://HOST:PORT`",
+            SourceConfig::Kafka(_) => "`kafka://HOST:PORT",
+        }
+    }
+
+    /// How the help writes each kind of output.
+    fn output_form(sink: &SinkConfig) -> &'static str {
+        match sink {
+            SinkConfig::Stdout => "`stdout`",
+            SinkConfig::File { .. } => "`file:PATH` or a path",
+            SinkConfig::Tcp(_) => "`tcp://HOST:PORT`",
+            SinkConfig::Http(_) => "`http://...` or `https://...`",
+            SinkConfig::Kafka(_) => "`kafka://HOST:PORT",
+        }
+    }
+
+    #[test]
+    fn input_and_output_help_name_every_form_a_url_takes() {
+        let kafka_in = "kafka://127.0.0.1:9092/journal?group=kubetag";
+        let inputs = ["-", "stdin", "file:a.json", "a.json", "journal", "tcp://127.0.0.1:5170"];
+        let help = help_of("kubetag inputs");
+        for url in inputs.into_iter().chain([kafka_in]) {
+            let source = SourceConfig::from_url(url).unwrap();
+            assert!(help.contains(input_form(&source)), "{url}: {help}");
+        }
+        let outputs = ["-", "stdout", "file:a.json", "a.json", "tcp://127.0.0.1:5170"];
+        let more =
+            ["http://127.0.0.1:8080/in", "https://logs.example/in", "kafka://127.0.0.1:9092/t"];
+        let help = help_of("kubetag outputs");
+        for url in outputs.into_iter().chain(more) {
+            let sink = SinkConfig::from_url(url).unwrap();
+            assert!(help.contains(output_form(&sink)), "{url}: {help}");
+        }
     }
 }

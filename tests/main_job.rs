@@ -690,3 +690,12 @@ fn stats_and_dead_letter_paths_that_cannot_be_written_are_refused_at_start() {
         assert!(stderr.contains(missing), "{flag}: {stderr}");
     }
 }
+
+#[test]
+fn threads_beyond_the_cap_are_capped_with_a_warning() {
+    let output = run(&["--threads", "1000"], format!("{PLEG}\n").as_bytes());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("--threads out of range") && stderr.contains("using=64"), "{stderr}");
+    assert_eq!(categories(&output.stdout), ["pleg"]);
+}
