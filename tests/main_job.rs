@@ -699,3 +699,30 @@ fn threads_beyond_the_cap_are_capped_with_a_warning() {
     assert!(stderr.contains("--threads out of range") && stderr.contains("using=64"), "{stderr}");
     assert_eq!(categories(&output.stdout), ["pleg"]);
 }
+
+#[test]
+fn bytes_read_counts_a_long_line_as_the_bytes_it_took() {
+    let long = "x".repeat(2000);
+    let cases = [
+        ("last line without a newline", format!("{PLEG}\n{long}")),
+        ("last line with a newline", format!("{PLEG}\n{long}\n")),
+        ("crlf line, then another", format!("{long}\r\n{PLEG}\n")),
+        ("last line ending in a cr", format!("{PLEG}\n{long}\r")),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (stats, file) = (dir.path().join("stats.json"), dir.path().join("in.jsonl"));
+    let (stats_arg, file_arg) = (stats.to_str().unwrap(), file.to_str().unwrap());
+    for (name, input) in cases {
+        std::fs::write(&file, &input).unwrap();
+        let flags = ["--max-line-bytes", "100", "--stats-file", stats_arg];
+        for (how, args, stdin) in
+            [("stdin", vec![], input.as_bytes()), ("file", vec![file_arg], b"")]
+        {
+            let output = run(&[&flags[..], &args].concat(), stdin);
+            assert!(output.status.success(), "{name}, {how}");
+            let stats = common::stats(&stats);
+            assert_eq!(stats["bytes_read"], input.len(), "{name}, {how}");
+            assert_eq!(stats["malformed_by_reason"]["too_long"], 1, "{name}, {how}");
+        }
+    }
+}
