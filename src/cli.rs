@@ -2,13 +2,16 @@
 //! configuration, work with rules and explain what kubetag knows.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::os::fd::AsFd as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{kind_names, PipelineConfig, Settings};
+use crate::dead_letter::DeadLetter;
 use crate::metrics::server::Server;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Stop};
@@ -69,6 +72,7 @@ enum Command {
     Explain {
         /// A category id (image_pull, ...) or a rule id (image_pull.not_found, ...).
         name: String,
+        /// Rules directory replacing the shipped rules.
         #[arg(long, value_name = "DIR")]
         rules: Option<PathBuf>,
     },
@@ -79,16 +83,23 @@ enum Command {
 #[derive(Subcommand)]
 enum RulesCommand {
     /// Print every literal the automaton holds, one per line.
-    Patterns { dir: Option<PathBuf> },
+    Patterns {
+        /// Rules directory (default: the shipped rules).
+        dir: Option<PathBuf>,
+    },
     /// Run every rule's examples and near misses, and case files of real messages.
     Test {
+        /// Rules directory (default: the shipped rules).
         dir: Option<PathBuf>,
         /// JSON lines of {"name", "unit", "message", "category"}; repeatable.
         #[arg(long = "cases", value_name = "FILE")]
         cases: Vec<PathBuf>,
     },
     /// Report weak rules: no examples, short or shadowed patterns, keys out of order.
-    Lint { dir: Option<PathBuf> },
+    Lint {
+        /// Rules directory (default: the shipped rules).
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -107,10 +118,15 @@ struct RunArgs {
     files: Vec<String>,
     #[command(flatten)]
     config: ConfigArgs,
-    /// An input: `-`, `file:PATH` or a path. Repeatable; replaces configured sources.
+    /// An input: `-` or `stdin`, `file:PATH` or a path, `journal`, `tcp://HOST:PORT` (listen),
+    /// `kafka://HOST:PORT[,HOST:PORT]/TOPIC[,TOPIC]?group=GROUP[&until_end=true][&PROP=VALUE]`.
+    /// Repeatable; replaces configured sources.
     #[arg(long = "input", short = 'i', value_name = "URL")]
     inputs: Vec<String>,
-    /// An output: `-`, `file:PATH` or a path. Repeatable; replaces configured sinks.
+    /// An output: `-` or `stdout`, `file:PATH` or a path, `tcp://HOST:PORT`, `http://...` or
+    /// `https://...` (POST),
+    /// `kafka://HOST:PORT[,HOST:PORT]/TOPIC_TEMPLATE[?key=TEMPLATE][&PROP=VALUE]`.
+    /// Repeatable; replaces configured sinks.
     #[arg(long = "output", short = 'o', value_name = "URL")]
     outputs: Vec<String>,
     /// What to do with untagged records.
@@ -125,9 +141,11 @@ struct RunArgs {
     /// Write the end-of-run counters here as JSON.
     #[arg(long, value_name = "PATH")]
     stats_file: Option<PathBuf>,
+    /// The longest line taken (default 1 MiB); a longer one is skipped without being held
+    /// whole and counted as `too_long`.
     #[arg(long, value_name = "BYTES")]
     max_line_bytes: Option<usize>,
-    /// Tagging threads (default: one per core).
+    /// Tagging threads, 1 to 64 (default: one per core).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Serve /metrics, /healthz and /readyz here: HOST:PORT, or a port for loopback.
@@ -136,6 +154,7 @@ struct RunArgs {
     /// Log filter, e.g. `warn` or `kubetag=debug`.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log_level: String,
+    /// Logs on stderr as text lines or as JSON objects.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
     /// No end-of-run summary on stderr, warnings only.
@@ -209,6 +228,9 @@ fn settings(args: &RunArgs) -> Result<Settings, Failure> {
     }
     if let Some(threads) = args.threads {
         settings.threads = threads.clamp(1, MAX_THREADS);
+        if settings.threads != threads {
+            tracing::warn!(asked = threads, using = settings.threads, "--threads out of range");
+        }
     }
     if let Some(address) = &args.metrics {
         settings.metrics.address = Some(address.clone());
@@ -225,15 +247,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     let settings = settings(&args)?;
     let rules = load_rules(settings.rules_dir.as_deref())?;
     tracing::info!(rules = rules.rules().len(), patterns = rules.patterns().len(), "rules loaded");
-    for source in &settings.sources {
-        source
-            .check()
-            .with_context(|| format!("cannot open input {}", source.label()))
-            .map_err(usage)?;
-    }
-    for sink in &settings.sinks {
-        sink.check().with_context(|| format!("output {}", sink.label())).map_err(usage)?;
-    }
+    let stats_file = check_start(&settings)?;
 
     let tagger = TaggerSlot::new(Arc::new(Tagger {
         rules: rules.clone(),
@@ -271,15 +285,120 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         // eprintln! would panic on a closed stderr; the summary is not worth a crash.
         let _ = writeln!(std::io::stderr(), "{}", report.summary());
     }
-    if let Some(path) = &settings.stats_file {
-        let json = serde_json::to_vec_pretty(&report).expect("counters serialize");
-        std::fs::write(path, json)
-            .with_context(|| format!("cannot write {}", path.display()))
-            .map_err(Failure::Runtime)?;
+    if let Some(stats_file) = stats_file {
+        stats_file.write(&report).map_err(Failure::Runtime)?;
     }
     match finished.failures.first() {
         None => Ok(()),
         Some(first) => Err(Failure::Runtime(anyhow!("{first}"))),
+    }
+}
+
+/// Refuses, before anything is read, what would only fail later: an input that cannot be
+/// opened, an output with bad settings, an output that is also an input, a dead-letter or
+/// stats path that cannot be written. The stats file stays open for the end of the run.
+fn check_start(settings: &Settings) -> Result<Option<StatsFile>, Failure> {
+    for source in &settings.sources {
+        source
+            .check()
+            .with_context(|| format!("cannot open input {}", source.label()))
+            .map_err(usage)?;
+    }
+    for sink in &settings.sinks {
+        sink.check().with_context(|| format!("output {}", sink.label())).map_err(usage)?;
+    }
+    refuse_own_output(settings).map_err(usage)?;
+    if let Some(path) = &settings.dead_letter {
+        // The pipeline opens it again, to append, when it starts.
+        DeadLetter::open(path).map_err(usage)?;
+    }
+    settings.stats_file.as_deref().map(StatsFile::open).transpose().map_err(usage)
+}
+
+/// A regular file's identity: its device and inode, whatever path names it.
+#[derive(PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    /// The identity of what `metadata` describes if it is a regular file: only a regular
+    /// file keeps what is written to it for a later read, so only one can loop.
+    fn of(metadata: std::io::Result<std::fs::Metadata>) -> Option<FileId> {
+        let metadata = metadata.ok().filter(std::fs::Metadata::is_file)?;
+        Some(FileId { dev: metadata.dev(), ino: metadata.ino() })
+    }
+
+    /// The file open as stdin or stdout, through a copy of its descriptor.
+    fn of_fd(fd: std::os::fd::BorrowedFd<'_>) -> Option<FileId> {
+        let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+        FileId::of(file.metadata())
+    }
+}
+
+/// Like `cat`, refuses to write to a file it reads: the run would read its own output back
+/// for ever (`kubetag --unmatched pass f >> f`).
+fn refuse_own_output(settings: &Settings) -> anyhow::Result<()> {
+    let outputs = output_files(settings);
+    for source in &settings.sources {
+        let id = match source {
+            SourceConfig::Stdin => FileId::of_fd(std::io::stdin().as_fd()),
+            SourceConfig::File { path } => FileId::of(std::fs::metadata(path)),
+            _ => None,
+        };
+        if let Some((_, output)) = outputs.iter().find(|(out, _)| Some(out) == id.as_ref()) {
+            let input = source.label();
+            return Err(anyhow!("input {input} is also {output}: it would read its own output"));
+        }
+    }
+    Ok(())
+}
+
+/// The regular files the run writes records to, each with a name for an error.
+fn output_files(settings: &Settings) -> Vec<(FileId, String)> {
+    let mut outputs = Vec::new();
+    for sink in &settings.sinks {
+        let id = match sink {
+            SinkConfig::Stdout => FileId::of_fd(std::io::stdout().as_fd()),
+            SinkConfig::File { path } => FileId::of(std::fs::metadata(path)),
+            _ => None,
+        };
+        outputs.extend(id.map(|id| (id, format!("the output {}", sink.label()))));
+    }
+    if let Some(path) = &settings.dead_letter {
+        let id = FileId::of(std::fs::metadata(path));
+        outputs.extend(id.map(|id| (id, format!("the dead-letter file {}", path.display()))));
+    }
+    outputs
+}
+
+/// The `--stats-file`, opened when the run starts so that a path that cannot be written
+/// is refused then rather than found after the whole run.
+struct StatsFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl StatsFile {
+    fn open(path: &Path) -> anyhow::Result<StatsFile> {
+        // Truncated only when the counters are written: a run refused after this check
+        // leaves the file as it was.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot write stats file {}", path.display()))?;
+        Ok(StatsFile { path: path.to_path_buf(), file })
+    }
+
+    fn write(mut self, report: &crate::stats::Report) -> anyhow::Result<()> {
+        let json = serde_json::to_vec_pretty(report).expect("counters serialize");
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.write_all(&json))
+            .with_context(|| format!("cannot write stats file {}", self.path.display()))
     }
 }
 
@@ -435,5 +554,79 @@ fn explain(name: &str, dir: Option<PathBuf>) -> Result<(), Failure> {
             "no category or rule named {name:?}; categories: {}",
             rules_tool::names()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// The help of every argument of `command` and its subcommands, by path.
+    fn helps(command: &clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+        for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+            let help = arg.get_long_help().or(arg.get_help()).map(ToString::to_string);
+            out.push((format!("{path} {}", arg.get_id()), help.unwrap_or_default()));
+        }
+        for sub in command.get_subcommands() {
+            helps(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    fn help_of(id: &str) -> String {
+        let mut all = Vec::new();
+        helps(&Cli::command(), "kubetag", &mut all);
+        all.into_iter().find(|(path, _)| path == id).map(|(_, help)| help).unwrap_or_default()
+    }
+
+    #[test]
+    fn every_argument_has_a_help_text() {
+        let mut all = Vec::new();
+        helps(&Cli::command(), "kubetag", &mut all);
+        let bare: Vec<&str> =
+            all.iter().filter(|(_, help)| help.trim().is_empty()).map(|(p, _)| &**p).collect();
+        assert!(bare.is_empty(), "no help: {bare:?}");
+    }
+
+    /// How the help writes each kind of input.
+    fn input_form(source: &SourceConfig) -> &'static str {
+        match source {
+            SourceConfig::Stdin => "`stdin`",
+            SourceConfig::File { .. } => "`file:PATH` or a path",
+            SourceConfig::Journal(_) => "`journal`",
+            SourceConfig::Tcp(_) => "`tcp://HOST:PORT`",
+            SourceConfig::Kafka(_) => "`kafka://HOST:PORT",
+        }
+    }
+
+    /// How the help writes each kind of output.
+    fn output_form(sink: &SinkConfig) -> &'static str {
+        match sink {
+            SinkConfig::Stdout => "`stdout`",
+            SinkConfig::File { .. } => "`file:PATH` or a path",
+            SinkConfig::Tcp(_) => "`tcp://HOST:PORT`",
+            SinkConfig::Http(_) => "`http://...` or `https://...`",
+            SinkConfig::Kafka(_) => "`kafka://HOST:PORT",
+        }
+    }
+
+    #[test]
+    fn input_and_output_help_name_every_form_a_url_takes() {
+        let kafka_in = "kafka://127.0.0.1:9092/journal?group=kubetag";
+        let inputs = ["-", "stdin", "file:a.json", "a.json", "journal", "tcp://127.0.0.1:5170"];
+        let help = help_of("kubetag inputs");
+        for url in inputs.into_iter().chain([kafka_in]) {
+            let source = SourceConfig::from_url(url).unwrap();
+            assert!(help.contains(input_form(&source)), "{url}: {help}");
+        }
+        let outputs = ["-", "stdout", "file:a.json", "a.json", "tcp://127.0.0.1:5170"];
+        let more =
+            ["http://127.0.0.1:8080/in", "https://logs.example/in", "kafka://127.0.0.1:9092/t"];
+        let help = help_of("kubetag outputs");
+        for url in outputs.into_iter().chain(more) {
+            let sink = SinkConfig::from_url(url).unwrap();
+            assert!(help.contains(output_form(&sink)), "{url}: {help}");
+        }
     }
 }

@@ -17,7 +17,7 @@ pub(crate) struct Reject {
     pub(crate) reason: Malformed,
     /// The line, or its start when it was too long to keep.
     pub(crate) raw: Bytes,
-    /// The line's full length.
+    /// The line's full length, without its line ending (the newline, and a CR before it).
     pub(crate) len: u64,
     /// The Kafka message it was, if it was one.
     pub(crate) origin: Option<Origin>,

@@ -539,9 +539,9 @@ fn spawn_worker(
 /// Tags every line of a frame, adding to `results` (nothing once no one wants them).
 fn process(worker: &mut Worker, frame: Frame, max_line_bytes: usize, results: &mut Results) {
     match frame {
-        Frame::Oversize { prefix, len } => {
+        Frame::Oversize { prefix, len, taken } => {
             let done = &mut results.done;
-            done.counts.bytes += len + 1;
+            done.counts.bytes += taken;
             reject(done, Malformed::TooLong, prefix, len);
             done.counts.records += 1;
             done.lines += 1;

@@ -443,6 +443,14 @@ fn shipped_rules_pass_their_examples_near_misses_and_the_real_cases() {
 }
 
 #[test]
+fn shipped_rules_pass_the_lint() {
+    let output = kubetag_tool().args(["rules", "lint"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+}
+
+#[test]
 fn rules_patterns_lists_the_automaton() {
     let output = kubetag_tool().args(["rules", "patterns"]).output().unwrap();
     assert!(output.status.success());
@@ -599,4 +607,122 @@ fn a_closed_stderr_neither_crashes_nor_blocks_the_stop() {
         exited.recv_timeout(Duration::from_secs(20)).expect("exits after SIGTERM").unwrap();
     assert!(status.success(), "{status}");
     drop(stdin);
+}
+
+const PLEG: &str = r#"{"_SYSTEMD_UNIT":"kubelet.service","MESSAGE":"PLEG is not healthy"}"#;
+
+#[test]
+fn a_fifo_given_as_file_delivers_what_its_writer_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("journal.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success());
+    let child = kubetag()
+        .arg(&fifo)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubetag starts");
+    // The open for writing waits until kubetag opens the FIFO for reading.
+    let writer = std::thread::spawn(move || {
+        let mut fifo = std::fs::OpenOptions::new().write(true).open(&fifo)?;
+        writeln!(fifo, "{PLEG}")
+    });
+    let output = output_within(child, Duration::from_secs(30));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(categories(&output.stdout), ["pleg"]);
+    writer.join().unwrap().expect("the writer's line is taken");
+}
+
+#[test]
+fn a_directory_among_the_files_is_refused_before_anything_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.jsonl");
+    std::fs::write(&file, format!("{PLEG}\n")).unwrap();
+    let sub = dir.path().join("logs");
+    std::fs::create_dir(&sub).unwrap();
+    let (file, sub_arg) = (file.to_str().unwrap(), sub.to_str().unwrap());
+    let output = run(&[file, sub_arg, file], b"");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty(), "nothing is read");
+    assert!(stderr.contains(&format!("{}: is a directory", sub.display())), "{stderr}");
+}
+
+#[test]
+fn an_output_that_is_an_input_file_is_refused() {
+    // How the input file is made an output: flags (PATH stands for it), or stdout.
+    let cases: [(&str, &[&str], bool); 3] = [
+        ("stdout appends to the file", &[], true),
+        ("--output names the file", &["--output", "file:PATH"], false),
+        ("--dead-letter names the file", &["--dead-letter", "PATH"], false),
+    ];
+    for (name, flags, stdout_to_file) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("self.jsonl");
+        std::fs::write(&path, format!("{PLEG}\n")).unwrap();
+        let mut command = kubetag();
+        command.args(["--unmatched", "pass"]).arg(&path);
+        command.args(flags.iter().map(|f| f.replace("PATH", path.to_str().unwrap())));
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if stdout_to_file {
+            command.stdout(std::fs::File::options().append(true).open(&path).unwrap());
+        }
+        let output = output_within(command.spawn().unwrap(), Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(&format!("input {} is also", path.display())), "{name}: {stderr}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{PLEG}\n"), "{name}");
+    }
+}
+
+#[test]
+fn stats_and_dead_letter_paths_that_cannot_be_written_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir/out.json");
+    let missing = missing.to_str().unwrap();
+    for flag in ["--stats-file", "--dead-letter"] {
+        let output = run(&[flag, missing], format!("{PLEG}\n").as_bytes());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(output.stdout.is_empty(), "{flag}: nothing is read");
+        assert!(stderr.contains(missing), "{flag}: {stderr}");
+    }
+}
+
+#[test]
+fn threads_beyond_the_cap_are_capped_with_a_warning() {
+    let output = run(&["--threads", "1000"], format!("{PLEG}\n").as_bytes());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("--threads out of range") && stderr.contains("using=64"), "{stderr}");
+    assert_eq!(categories(&output.stdout), ["pleg"]);
+}
+
+#[test]
+fn bytes_read_counts_a_long_line_as_the_bytes_it_took() {
+    let long = "x".repeat(2000);
+    let cases = [
+        ("last line without a newline", format!("{PLEG}\n{long}")),
+        ("last line with a newline", format!("{PLEG}\n{long}\n")),
+        ("crlf line, then another", format!("{long}\r\n{PLEG}\n")),
+        ("last line ending in a cr", format!("{PLEG}\n{long}\r")),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (stats, file) = (dir.path().join("stats.json"), dir.path().join("in.jsonl"));
+    let (stats_arg, file_arg) = (stats.to_str().unwrap(), file.to_str().unwrap());
+    for (name, input) in cases {
+        std::fs::write(&file, &input).unwrap();
+        let flags = ["--max-line-bytes", "100", "--stats-file", stats_arg];
+        for (how, args, stdin) in
+            [("stdin", vec![], input.as_bytes()), ("file", vec![file_arg], b"")]
+        {
+            let output = run(&[&flags[..], &args].concat(), stdin);
+            assert!(output.status.success(), "{name}, {how}");
+            let stats = common::stats(&stats);
+            assert_eq!(stats["bytes_read"], input.len(), "{name}, {how}");
+            assert_eq!(stats["malformed_by_reason"]["too_long"], 1, "{name}, {how}");
+        }
+    }
 }

@@ -160,7 +160,8 @@ fn text_of_value(value: &serde_json::Value) -> Option<String> {
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn key_is(line: &[u8], field: &Field, name: &str) -> bool {
+/// Whether `field`'s key is `name` once decoded: a key may be written with escapes.
+pub(crate) fn key_is(line: &[u8], field: &Field, name: &str) -> bool {
     let raw = &line[field.key.clone()];
     if memchr::memchr(b'\\', raw).is_none() {
         return raw == name.as_bytes();

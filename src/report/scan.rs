@@ -177,9 +177,9 @@ impl Lines {
     fn frame(&mut self, frame: Frame) -> Found {
         let mut found = Found::default();
         let bytes: Bytes = match frame {
-            Frame::Oversize { len, .. } => {
+            Frame::Oversize { taken, .. } => {
                 found.records = 1;
-                found.bytes = len + 1;
+                found.bytes = taken;
                 found.malformed.push(Malformed::TooLong);
                 return found;
             }
@@ -333,6 +333,25 @@ mod tests {
             assert_eq!(aggregate.unmatched, 1);
             assert_eq!(aggregate.malformed_total(), 3);
             assert_eq!(aggregate.malformed[Malformed::TooLong.index()], 1);
+        }
+    }
+
+    #[test]
+    fn a_long_last_line_counts_the_bytes_it_took() {
+        let long = format!(r#"{{"MESSAGE":"{}"}}"#, "x".repeat(500));
+        let cases = [
+            ("without a newline", format!("{PULL}\n{long}")),
+            ("with a newline", format!("{PULL}\n{long}\n")),
+            ("ending in crlf", format!("{PULL}\n{long}\r\n")),
+            ("ending in a cr", format!("{PULL}\n{long}\r")),
+        ];
+        for (name, text) in cases {
+            for read_bytes in [16, 1 << 16] {
+                let aggregate = scan_text(&text, 1, read_bytes);
+                assert_eq!(aggregate.records, 2, "{name}");
+                assert_eq!(aggregate.bytes, text.len() as u64, "{name}, reads of {read_bytes}");
+                assert_eq!(aggregate.malformed[Malformed::TooLong.index()], 1, "{name}");
+            }
         }
     }
 

@@ -330,7 +330,9 @@ impl JournalSource {
                     self.send(feed, &mut lines, cursor);
                     let prefix = Bytes::from(format!("journal entry of {} bytes", entry.bytes));
                     let prefix = prefix.slice(..prefix.len().min(KEPT_PREFIX_BYTES));
-                    let frame = Frame::Oversize { prefix, len: entry.bytes as u64 };
+                    // Counted as the JSON line it stands for: its size, then a newline.
+                    let len = entry.bytes as u64;
+                    let frame = Frame::Oversize { prefix, len, taken: len + 1 };
                     feed.send(
                         frame,
                         Some(self.checkpoint.progress.ack(cursor.clone().unwrap_or_default())),

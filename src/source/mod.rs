@@ -11,7 +11,7 @@ pub(crate) mod tcp;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -115,14 +115,16 @@ impl SourceConfig {
         }
     }
 
-    /// Checks that the source can start, so a missing file is refused before anything runs.
+    /// Checks that the source can start, so a missing file or a directory is refused before
+    /// anything runs.
     pub(crate) fn check(&self) -> io::Result<()> {
         match self {
+            SourceConfig::Stdin => Ok(()),
+            SourceConfig::File { path } => check_file(path),
             SourceConfig::Journal(journal) => journal.check(),
             // Bound when the pipeline starts; a bad address fails the start.
             SourceConfig::Tcp(_) => Ok(()),
             SourceConfig::Kafka(kafka) => kafka.check(),
-            _ => self.open().map(|_| ()),
         }
     }
 
@@ -153,4 +155,18 @@ impl SourceConfig {
             }
         })
     }
+}
+
+/// A FILE input must exist and must not be a directory. Only a regular file is opened, to
+/// see that it can be read: opening a FIFO waits for its writer, and closing it again would
+/// lose what the writer sent; a socket or a device is left alone for the run to open once.
+fn check_file(path: &Path) -> io::Result<()> {
+    let kind = std::fs::metadata(path)?.file_type();
+    if kind.is_dir() {
+        return Err(io::Error::other("is a directory"));
+    }
+    if kind.is_file() {
+        File::open(path)?;
+    }
+    Ok(())
 }

@@ -313,7 +313,9 @@ pub(crate) fn rfc3339(micros: u64) -> Option<String> {
 /// `kubetag` field already present (a record tagged before) is replaced.
 fn write_tagged(record: &Record<'_>, tag: &Tag<'_>, out: &mut Vec<u8>) {
     let line = record.line;
-    let is_tag = |f: &Field| &line[f.key.clone()] == b"kubetag";
+    // Compared decoded, so that `"kubet\u0061g"` is replaced too: else the output would
+    // hold two keys that a JSON reader takes for one, and which wins depends on the reader.
+    let is_tag = |f: &Field| crate::record::key_is(line, f, "kubetag");
     if record.fields.iter().any(is_tag) {
         out.push(b'{');
         for field in record.fields.iter().filter(|f| !is_tag(f)) {
@@ -372,6 +374,24 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(value["kubetag"]["category"], "image_pull");
         assert_eq!(out.matches("\"kubetag\"").count(), 1);
+    }
+
+    #[test]
+    fn a_previous_tag_with_an_escaped_key_is_replaced() {
+        let cases = [
+            ("plain", r#""kubetag""#),
+            ("one escape", r#""kubet\u0061g""#),
+            ("upper-case hex", r#""\u006Bubetag""#),
+            ("every letter", r#""\u006b\u0075\u0062\u0065\u0074\u0061\u0067""#),
+        ];
+        for (name, key) in cases {
+            let line = PULL.replacen('{', &format!(r#"{{{key}:{{"category":"old"}},"#), 1);
+            let (_, out) = run(&mut worker(Unmatched::Drop), &line);
+            assert!(!out.contains("\"old\""), "{name}: {out}");
+            assert_eq!(out.matches("\"kubetag\"").count(), 1, "{name}: {out}");
+            let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(value["kubetag"]["category"], "image_pull", "{name}");
+        }
     }
 
     #[test]

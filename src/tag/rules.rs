@@ -345,9 +345,7 @@ impl Check<'_> {
             self.fail("category", format!("unknown category {:?}", spec.category));
         }
         let agents = self.agents(&spec.components);
-        if spec.patterns.is_empty() {
-            self.fail("patterns", "at least one pattern is needed".into());
-        }
+        self.patterns(&spec.patterns);
         for (key, list) in [("patterns", &spec.patterns), ("require", &spec.require)] {
             if list.iter().any(|p| p.trim().is_empty()) {
                 self.fail(key, "empty literal".into());
@@ -382,6 +380,19 @@ impl Check<'_> {
             near_misses: spec.near_misses.clone(),
             file: self.file.to_string(),
         })
+    }
+
+    fn patterns(&mut self, patterns: &[String]) {
+        if patterns.is_empty() {
+            self.fail("patterns", "at least one pattern is needed".into());
+        }
+        // `kubetag rules patterns` prints one a line for `grep -F -f`: a newline would split
+        // a pattern in two, and other control characters garble the list. A tab is printable.
+        for pattern in patterns {
+            if let Some(c) = pattern.chars().find(|c| c.is_control() && *c != '\t') {
+                self.fail("patterns", format!("pattern {pattern:?} holds control character {c:?}"));
+            }
+        }
     }
 
     fn agents(&mut self, components: &[String]) -> Agents {
@@ -573,6 +584,34 @@ summary = "a pull failed"
         let errors = errors_of(&text);
         let keys: Vec<_> = errors.iter().filter_map(|e| e.key.as_deref()).collect();
         assert_eq!(keys, ["id", "components", "patterns", "extract", "extract"]);
+    }
+
+    #[test]
+    fn patterns_with_control_characters_are_refused() {
+        let cases = [
+            ("newline", "line one\nline two", Some(r"'\n'")),
+            ("carriage return", "carriage\rreturn", Some(r"'\r'")),
+            ("nul", "nul\0byte", Some(r"'\0'")),
+            ("escape", "esc\u{1b}[0m", Some(r"'\u{1b}'")),
+            ("delete", "del\u{7f}", Some(r"'\u{7f}'")),
+            ("tab", "col one\tcol two", None),
+        ];
+        for (name, pattern, refused) in cases {
+            let written = toml::Value::String(pattern.into()).to_string();
+            let text = GOOD.replace("\"failed to pull image\"]", &format!("\"x\", {written}]"));
+            let loaded = parse(&[("demo.toml".to_string(), text)]);
+            let Some(shown) = refused else {
+                assert!(loaded.is_ok(), "{name}: {:?}", loaded.err());
+                continue;
+            };
+            let errors = loaded.err().unwrap_or_else(|| panic!("{name}: loaded")).0;
+            let want = format!(
+                "demo.toml: rule demo.one: key patterns: \
+                 pattern {pattern:?} holds control character {shown}"
+            );
+            let got: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            assert_eq!(got, [want], "{name}");
+        }
     }
 
     #[test]

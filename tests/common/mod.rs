@@ -176,3 +176,17 @@ pub fn lines_of(output: impl std::io::Read + Send + 'static) -> std::sync::mpsc:
     });
     rx
 }
+
+/// Waits for `child` to exit and collects its output; a child still running after `limit`
+/// is killed and the test fails, so a hang shows as a failure instead of a stuck run.
+pub fn output_within(child: std::process::Child, limit: std::time::Duration) -> Output {
+    let pid = child.id().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    if let Ok(output) = rx.recv_timeout(limit) {
+        return output.expect("the child is waited for");
+    }
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    let stderr = rx.recv().ok().and_then(Result::ok).map(|o| o.stderr).unwrap_or_default();
+    panic!("still running after {limit:?}, killed: {}", String::from_utf8_lossy(&stderr));
+}
