@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{kubetag, spawn_piped};
+use common::{kubetag, kubetag_tool, spawn_piped};
 
 const PLEG: &[u8] =
     b"{\"_SYSTEMD_UNIT\":\"kubelet.service\",\"MESSAGE\":\"PLEG is not healthy\"}\n";
@@ -89,4 +89,24 @@ fn a_closed_output_ends_a_run_whose_input_is_idle() {
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(status.is_some_and(|s| s.success()), "{status:?} {stderr}");
     assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn a_stop_ends_a_run_that_waits_for_a_fifos_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("journal.fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let mut child =
+        kubetag_tool().arg(&fifo).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // Started (signals are watched) and no writer has come: the reader waits in its open.
+    let mut line = String::new();
+    while !line.contains("started") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "kubetag ended before it started");
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = exit_within(&mut child, Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
