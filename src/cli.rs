@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context as _};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{kind_names, PipelineConfig, Settings};
+use crate::config::{kind_names, PipelineConfig, Settings, MAX_THREADS};
 use crate::dead_letter::DeadLetter;
 use crate::metrics::server::Server;
 use crate::metrics::Metrics;
@@ -237,9 +237,6 @@ fn settings(args: &RunArgs) -> Result<Settings, Failure> {
     }
     Ok(settings)
 }
-
-/// More tagging threads than this only cost memory (a few MiB each).
-const MAX_THREADS: usize = 64;
 
 fn run(args: RunArgs) -> Result<(), Failure> {
     let level = if args.quiet { "warn" } else { args.log_level.as_str() };

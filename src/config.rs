@@ -16,8 +16,11 @@ use crate::tag::Unmatched;
 
 /// The cores this process may run on: the default number of tagging threads.
 pub(crate) fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS)
 }
+
+/// More tagging threads than this only cost memory (a few MiB each).
+pub(crate) const MAX_THREADS: usize = 64;
 
 /// The file's structure. Every table and key is optional; defaults are in `pipeline.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +262,10 @@ impl Settings {
             .unwrap_or(1000);
         let threads = match config.run.threads {
             0 => cores(),
+            n if n > MAX_THREADS => {
+                let message = format!("{n} is more than the {MAX_THREADS} a run may use");
+                return Err(ConfigError::Value { key: "run.threads", message });
+            }
             n => n,
         };
         Ok(Settings {
@@ -333,6 +340,17 @@ mod tests {
         assert!(problems[0].contains("[limits]") && problems[0].contains("max_line_byte"));
         assert!(problems[1].contains("sinks.a") && problems[1].contains("carrier-pigeon"));
         assert!(problems[2].contains("[tag]") && problems[2].contains("maybe"));
+    }
+
+    #[test]
+    fn more_threads_than_a_run_may_use_are_refused() {
+        let mut config = PipelineConfig::default();
+        config.run.threads = MAX_THREADS;
+        assert_eq!(Settings::from_config(config).unwrap().threads, MAX_THREADS);
+        let mut config = PipelineConfig::default();
+        config.run.threads = MAX_THREADS + 1;
+        let error = Settings::from_config(config).unwrap_err().to_string();
+        assert!(error.starts_with("run.threads: 65 is more than"), "{error}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub struct ReportArgs {
     /// Rules directory replacing the shipped rules.
     #[arg(long, value_name = "DIR")]
     rules: Option<PathBuf>,
-    /// Tagging threads (default: one per core).
+    /// Tagging threads, 1 to 64 (default: one per core).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Read the journal itself with journalctl instead of files.
@@ -111,7 +111,7 @@ pub fn cli(args: ReportArgs) -> Result<(), Failure> {
 fn run(args: &ReportArgs) -> Result<(), ReportError> {
     let mut settings = Settings::from_config(PipelineConfig::load(args.config.as_deref())?)?;
     if let Some(threads) = args.threads {
-        settings.threads = threads.max(1);
+        settings.threads = threads.clamp(1, crate::config::MAX_THREADS);
     }
     let rules_dir = args.rules.as_deref().or(settings.rules_dir.as_deref());
     let rules = Arc::new(RuleSet::load(rules_dir)?);
