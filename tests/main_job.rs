@@ -678,11 +678,11 @@ fn an_output_that_is_an_input_file_is_refused() {
 }
 
 #[test]
-fn stats_and_dead_letter_paths_that_cannot_be_written_are_refused_at_start() {
+fn stats_dead_letter_and_output_paths_that_cannot_be_written_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-dir/out.json");
     let missing = missing.to_str().unwrap();
-    for flag in ["--stats-file", "--dead-letter"] {
+    for flag in ["--stats-file", "--dead-letter", "--output"] {
         let output = run(&[flag, missing], format!("{PLEG}\n").as_bytes());
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{flag}: {stderr}");

@@ -64,10 +64,12 @@ impl SinkConfig {
         Ok(SinkConfig::File { path: url.into() })
     }
 
-    /// Checks what can be checked before a run: a Kafka sink's properties.
+    /// Checks what can be checked before a run: a Kafka sink's properties, the directory
+    /// of a file output.
     pub(crate) fn check(&self) -> io::Result<()> {
         match self {
             SinkConfig::Kafka(config) => config.producer(Counters::default()).map(|_| ()),
+            SinkConfig::File { path } => check_directory(path),
             _ => Ok(()),
         }
     }
@@ -223,6 +225,20 @@ fn write_batches(
         counters.failed(lost.iter().map(retry::count_records).sum());
     }
     result
+}
+
+/// The directory a file output is created in must be there: a wrong path is refused before
+/// the run, without creating anything (`kubetag check` runs this too).
+fn check_directory(path: &std::path::Path) -> io::Result<()> {
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => return Ok(()),
+    };
+    match std::fs::metadata(directory) {
+        Ok(metadata) if metadata.is_dir() => Ok(()),
+        Ok(_) => Err(io::Error::other(format!("{} is not a directory", directory.display()))),
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", directory.display()))),
+    }
 }
 
 #[cfg(test)]
