@@ -336,9 +336,14 @@ pub(crate) struct Feed {
     /// queued, so that the workers take frames in the order the collector waits for them.
     /// A worker that waits for the collector to take a part of its result then always
     /// holds a later frame than one the collector waits for, which another worker has
-    /// taken or will take. The one exception, a file's turn, is taken before its place is
-    /// queued; with one turn out at a time and two workers at least, the other worker
-    /// is free for the earlier frames.
+    /// taken or will take.
+    ///
+    /// The one exception is a file's turn, whose place is queued only once it has read:
+    /// frames queued meanwhile come before it in the order, after it in the queue. Its job
+    /// is queued under the lock too, so that it cannot come between another frame's place
+    /// and that frame's job; then only the one turn out at a time can wait for the
+    /// collector out of order, and with two workers at least (the workers read only then)
+    /// the other takes the earlier frames.
     order: Arc<Mutex<()>>,
 }
 
@@ -369,7 +374,8 @@ impl Feed {
     /// and none of the other sources' results.
     fn send_turn(&self, file: &Arc<SharedFile>, number: u64) -> bool {
         let (reply, result) = flume::bounded(1);
-        if !self.queue(Job { work: Work::Read(Turn::new(file, number)), ack: None, reply }) {
+        let job = Job { work: Work::Read(Turn::new(file, number)), ack: None, reply };
+        if !self.queue_in_order(job) {
             return false;
         }
         file.wait_read(number);
@@ -382,6 +388,12 @@ impl Feed {
 
     fn order(&self) -> MutexGuard<'_, ()> {
         self.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a job whose place in the order comes later, under the order lock.
+    fn queue_in_order(&self, job: Job) -> bool {
+        let _order = self.order();
+        self.queue(job)
     }
 
     /// Hands a job whose place in the order is taken to the workers.
