@@ -304,12 +304,14 @@ fn check_start(settings: &Settings) -> Result<Option<StatsFile>, Failure> {
     for sink in &settings.sinks {
         sink.check().with_context(|| format!("output {}", sink.label())).map_err(usage)?;
     }
-    refuse_own_output(settings).map_err(usage)?;
     if let Some(path) = &settings.dead_letter {
         // The pipeline opens it again, to append, when it starts.
         DeadLetter::open(path).map_err(usage)?;
     }
-    settings.stats_file.as_deref().map(StatsFile::open).transpose().map_err(usage)
+    let stats_file = settings.stats_file.as_deref().map(StatsFile::open).transpose();
+    // Once the files the run writes beside its sinks exist, they can be told apart.
+    refuse_shared_files(settings).map_err(usage)?;
+    stats_file.map_err(usage)
 }
 
 /// A regular file's identity: its device and inode, whatever path names it.
@@ -335,8 +337,9 @@ impl FileId {
 }
 
 /// Like `cat`, refuses to write to a file it reads: the run would read its own output back
-/// for ever (`kubetag --unmatched pass f >> f`).
-fn refuse_own_output(settings: &Settings) -> anyhow::Result<()> {
+/// for ever (`kubetag --unmatched pass f >> f`), or overwrite it with its counters. Two
+/// outputs that are one file would mix their lines, or the counters would replace them.
+fn refuse_shared_files(settings: &Settings) -> anyhow::Result<()> {
     let outputs = output_files(settings);
     for source in &settings.sources {
         let id = match source {
@@ -349,10 +352,15 @@ fn refuse_own_output(settings: &Settings) -> anyhow::Result<()> {
             return Err(anyhow!("input {input} is also {output}: it would read its own output"));
         }
     }
+    for (i, (id, first)) in outputs.iter().enumerate() {
+        if let Some((_, second)) = outputs[i + 1..].iter().find(|(other, _)| other == id) {
+            return Err(anyhow!("{first} is also {second}: one would overwrite the other"));
+        }
+    }
     Ok(())
 }
 
-/// The regular files the run writes records to, each with a name for an error.
+/// The regular files the run writes to, each with a name for an error.
 fn output_files(settings: &Settings) -> Vec<(FileId, String)> {
     let mut outputs = Vec::new();
     for sink in &settings.sinks {
@@ -363,9 +371,12 @@ fn output_files(settings: &Settings) -> Vec<(FileId, String)> {
         };
         outputs.extend(id.map(|id| (id, format!("the output {}", sink.label()))));
     }
-    if let Some(path) = &settings.dead_letter {
+    let files =
+        [("the dead-letter file", &settings.dead_letter), ("the stats file", &settings.stats_file)];
+    for (what, path) in files {
+        let Some(path) = path else { continue };
         let id = FileId::of(std::fs::metadata(path));
-        outputs.extend(id.map(|id| (id, format!("the dead-letter file {}", path.display()))));
+        outputs.extend(id.map(|id| (id, format!("{what} {}", path.display()))));
     }
     outputs
 }

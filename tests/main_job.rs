@@ -651,12 +651,42 @@ fn a_directory_among_the_files_is_refused_before_anything_is_read() {
 }
 
 #[test]
+fn outputs_that_are_one_file_are_refused() {
+    // OUT stands for one path, spelled two ways; it may not exist before the run.
+    let cases: [(&str, &[&str], bool); 3] = [
+        ("an output and the stats file", &["--output", "OUT", "--stats-file", "./OUT"], false),
+        ("two outputs", &["--output", "OUT", "--output", "file:./OUT"], true),
+        ("an output and the dead-letter file", &["--dead-letter", "OUT", "-o", "OUT"], false),
+    ];
+    for (name, flags, exists) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        if exists {
+            std::fs::write(dir.path().join("OUT"), "").unwrap();
+        }
+        let mut command = kubetag();
+        command.current_dir(dir.path()).args(flags).stdin(Stdio::piped());
+        let output =
+            output_within(spawn_piped(&mut command, Stdio::piped()), Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains("one would overwrite the other"), "{name}: {stderr}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(&["--output", dir.path().to_str().unwrap()], format!("{PLEG}\n").as_bytes());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is a directory"), "{stderr}");
+}
+
+#[test]
 fn an_output_that_is_an_input_file_is_refused() {
     // How the input file is made an output: flags (PATH stands for it), or stdout.
-    let cases: [(&str, &[&str], bool); 3] = [
+    let cases: [(&str, &[&str], bool); 4] = [
         ("stdout appends to the file", &[], true),
         ("--output names the file", &["--output", "file:PATH"], false),
         ("--dead-letter names the file", &["--dead-letter", "PATH"], false),
+        ("--stats-file names the file", &["--stats-file", "PATH"], false),
     ];
     for (name, flags, stdout_to_file) in cases {
         let dir = tempfile::tempdir().unwrap();

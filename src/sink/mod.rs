@@ -227,9 +227,13 @@ fn write_batches(
     result
 }
 
-/// The directory a file output is created in must be there: a wrong path is refused before
-/// the run, without creating anything (`kubetag check` runs this too).
+/// A file output must not be a directory, and the directory it is created in must be
+/// there: a wrong path is refused before the run, without creating anything (`kubetag
+/// check` runs this too).
 fn check_directory(path: &std::path::Path) -> io::Result<()> {
+    if path.is_dir() {
+        return Err(io::Error::other(format!("{} is a directory", path.display())));
+    }
     let directory = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => return Ok(()),
