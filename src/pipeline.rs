@@ -235,7 +235,12 @@ pub fn run(
         stop.request();
     }
     metrics.running(false);
-    drop(pending_queue);
+    // Results no one will wait for: dropping their places lets a worker that waits to send
+    // a part go on (its frame marked undelivered), and with it a source that waits for the
+    // workers' queue, which then sees the stop. A source that never ends (an idle stdin)
+    // keeps the queue open, so this runs on a thread of its own that the exit ends.
+    let abandon = std::thread::Builder::new().name("abandon results".into());
+    let _ = abandon.spawn(move || while pending_queue.recv().is_ok() {});
     for consumer in consumers {
         match consumer.join() {
             Ok(Ok(())) => {}
@@ -745,21 +750,26 @@ impl Collector {
 
     /// Waits for the next part of a result; `None` if it will not come.
     fn next_part(&mut self, pending: &Pending) -> Option<Done> {
-        let reply = match self.shutdown_deadline() {
-            Some(deadline) => pending.reply.recv_deadline(deadline),
-            None => pending.reply.recv().map_err(|_| flume::RecvTimeoutError::Disconnected),
-        };
-        match reply {
-            Ok(done) => Some(done),
-            // A worker still in a read that waits (a file on a stalled network file system)
-            // holds nothing delivered: the stop goes on without what it may still read.
-            Err(flume::RecvTimeoutError::Timeout) => {
-                tracing::warn!("an input was still being read at the shutdown deadline");
-                None
-            }
-            Err(flume::RecvTimeoutError::Disconnected) => {
-                self.failures.push("a tagging worker stopped".into());
-                None
+        loop {
+            // Waits in slices, so that a stop asked meanwhile sets its deadline here too.
+            let slice = Instant::now() + Duration::from_millis(100);
+            let deadline = self.shutdown_deadline();
+            match pending.reply.recv_deadline(deadline.map_or(slice, |d| d.min(slice))) {
+                Ok(done) => return Some(done),
+                // A worker still in a read that waits (a file on a stalled network file
+                // system) holds nothing delivered: the stop goes on without what it may
+                // still read.
+                Err(flume::RecvTimeoutError::Timeout)
+                    if deadline.is_some_and(|d| Instant::now() >= d) =>
+                {
+                    tracing::warn!("a result was still awaited at the shutdown deadline");
+                    return None;
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    self.failures.push("a tagging worker stopped".into());
+                    return None;
+                }
             }
         }
     }
