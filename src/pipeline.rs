@@ -422,8 +422,15 @@ impl Feed {
     ) -> Result<(), Refused> {
         let (reply, result) = flume::bounded(1);
         let pending = Pending { source: self.source, reply: result };
+        let deadline = Instant::now() + wait;
         let _order = self.order();
-        match self.pending.send_timeout(pending, wait) {
+        // Workers that wait for the collector stop taking jobs: room in their queue is
+        // waited for first, as long as the offer lasts, so that queueing the job once its
+        // place is taken cannot wait (every source queues jobs under the lock held here).
+        if !self.room_for_a_job(deadline) {
+            return Err(Refused::Busy(frame, ack));
+        }
+        match self.pending.send_deadline(pending, deadline) {
             Ok(()) => {}
             Err(flume::SendTimeoutError::Timeout(_)) => return Err(Refused::Busy(frame, ack)),
             Err(flume::SendTimeoutError::Disconnected(_)) => {
@@ -431,11 +438,24 @@ impl Feed {
                 return Err(Refused::Closed);
             }
         }
-        // A place in the order is taken; the workers' queue frees up without the sinks.
         match self.queue(Job { work: Work::Frame(frame), ack, reply }) {
             true => Ok(()),
             false => Err(Refused::Closed),
         }
+    }
+
+    /// Waits until the workers' queue has room or `deadline` passes; the order lock must
+    /// be held, so that no other source takes the room.
+    fn room_for_a_job(&self, deadline: Instant) -> bool {
+        while self.jobs.is_full() && !self.jobs.is_disconnected() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // The queue has no way to wait for room without sending; workers free it
+            // within a frame's tagging when they can.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 }
 

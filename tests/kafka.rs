@@ -386,10 +386,13 @@ impl Drop for Running {
     }
 }
 
-/// Starts kubetag with `args`, its stderr (JSON logs) collected.
+/// Starts kubetag with `args`, its stderr (JSON logs, at info unless `args` say) collected.
 fn start(args: &[String]) -> (Running, Arc<Mutex<Vec<Value>>>) {
+    let level =
+        if args.iter().any(|a| a == "--log-level") { &[][..] } else { &["--log-level", "info"] };
     let mut child = kubetag_tool()
-        .args(["--log-level", "info", "--log-format", "json"])
+        .args(level)
+        .args(["--log-format", "json"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -905,7 +908,9 @@ fn kafka_settings_are_checked_before_anything_runs() {
 
 /// A file sink writing into a pipe nobody reads for longer than the group's poll interval:
 /// the source pauses its partitions and keeps polling, so it stays in the group, and
-/// everything arrives once the pipe is read. On the mock cluster: tansu 0.6 returns nothing
+/// everything arrives once the pipe is read. Each batch of records makes more than one part
+/// of output and the sink's queue holds one batch, so the worker too waits for the
+/// collector, and the workers' queue fills. On the mock cluster: tansu 0.6 returns nothing
 /// to a fetch that starts inside a record batch, which is where a paused partition resumes.
 #[test]
 fn a_stalled_sink_pauses_the_partitions_and_the_member_stays_in_its_group() {
@@ -932,10 +937,14 @@ fn a_stalled_sink_pauses_the_partitions_and_the_member_stays_in_its_group() {
         })
     };
     let properties = "max.poll.interval.ms=7000&session.timeout.ms=6000&heartbeat.interval.ms=500";
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, "[limits]\nqueue_batches = 1\n").unwrap();
     let args = vec![
+        "--config".into(),
+        config.display().to_string(),
         "--input".into(),
         format!(
-            "kafka://{servers}/{input}?group={group}&until_end=true&batch_records=50&{properties}"
+            "kafka://{servers}/{input}?group={group}&until_end=true&batch_records=500&{properties}"
         ),
         "--output".into(),
         format!("file:{}", fifo.display()),
@@ -967,4 +976,55 @@ fn a_stalled_sink_pauses_the_partitions_and_the_member_stays_in_its_group() {
     let moves = |m: &str| messages(&logs, m).len();
     assert_eq!(moves("kafka: partitions assigned"), 1, "the member kept its partitions");
     assert!(moves("kafka: partitions revoked") <= 1);
+}
+
+/// A stop while the sink takes nothing and every batch of records makes several parts of
+/// output: the workers wait for the collector, the source for room among the workers'
+/// jobs. The run gives up at the shutdown timeout and exits 1, as the README says.
+#[test]
+fn a_stop_with_a_stalled_sink_ends_at_the_shutdown_timeout() {
+    let _serial = one_at_a_time();
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let servers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, group) = (unique("journal"), unique("group"));
+    cluster.create_topic(&input, 1, 1).unwrap();
+    // More batches than the pipeline's queues hold.
+    produce(&servers, &input, 1, &journal_lines(dir.path(), 10_000));
+
+    // A pipe whose reader never reads: the sink's writes stop once it holds 64 KiB.
+    let fifo = dir.path().join("out.pipe");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let sink = format!("file:{}", fifo.display());
+    let held = std::thread::spawn(move || {
+        let pipe = std::fs::File::open(&fifo).unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+        drop(pipe);
+    });
+    let config = dir.path().join("pipeline.toml");
+    let limits = "[run]\nshutdown_timeout_secs = 1\n[limits]\nqueue_batches = 1\n";
+    std::fs::write(&config, limits).unwrap();
+    let args: Vec<String> = [
+        "--config",
+        config.to_str().unwrap(),
+        "--input",
+        &format!("kafka://{servers}/{input}?group={group}&batch_records=500&{QUICK}"),
+        "--output",
+        &sink,
+        "--unmatched",
+        "pass",
+        "--log-level",
+        "debug",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (mut child, logs) = start(&args);
+    wait_log(&logs, "kafka: sinks are slow, partitions paused");
+
+    signal(&child, "-TERM");
+    let started = Instant::now();
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "undelivered records fail the run");
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    drop(held);
 }
