@@ -7,8 +7,8 @@
 //!
 //! The stage is pure logic over the clock it is given. A window opens with its first
 //! record and closes a fixed time later (the window of the record's category); a record
-//! after that opens a new one. Open windows are capped: making room closes the one due
-//! first, early, with its summary.
+//! after that opens a new one. Open windows, and the bytes of the repeats they hold, are
+//! capped: making room closes the one due first, early, with its summary.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -23,6 +23,10 @@ fn default_max_windows() -> usize {
     10_000
 }
 
+fn default_max_held_bytes() -> usize {
+    16 << 20
+}
+
 /// `[dedupe]`: off unless a window is set.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -33,6 +37,9 @@ pub struct DedupeConfig {
     pub categories: BTreeMap<String, u64>,
     /// Windows open at once, each holding one record.
     pub max_windows: usize,
+    /// Bytes of the records the open windows hold, together: a burst of long records
+    /// would otherwise hold up to `max_windows` of them.
+    pub max_held_bytes: usize,
 }
 
 impl Default for DedupeConfig {
@@ -41,6 +48,7 @@ impl Default for DedupeConfig {
             window_secs: 0,
             categories: BTreeMap::new(),
             max_windows: default_max_windows(),
+            max_held_bytes: default_max_held_bytes(),
         }
     }
 }
@@ -52,6 +60,9 @@ impl DedupeConfig {
         }
         if self.max_windows == 0 {
             return Err("max_windows must be greater than 0".into());
+        }
+        if self.max_held_bytes == 0 {
+            return Err("max_held_bytes must be greater than 0".into());
         }
         Ok(())
     }
@@ -121,6 +132,9 @@ impl Lines {
 pub(crate) struct Dedupe {
     windows: [Option<Duration>; CATEGORIES.len()],
     max_windows: usize,
+    max_held_bytes: usize,
+    /// Bytes of the repeats the open windows hold.
+    held: usize,
     open: HashMap<Key, Window>,
     due: BTreeMap<(Instant, u64), Key>,
     seq: u64,
@@ -132,6 +146,8 @@ impl Dedupe {
         config.enabled().then(|| Dedupe {
             windows: config.windows(),
             max_windows: config.max_windows.max(1),
+            max_held_bytes: config.max_held_bytes.max(1),
+            held: 0,
             open: HashMap::new(),
             due: BTreeMap::new(),
             seq: 0,
@@ -177,15 +193,14 @@ impl Dedupe {
         if let Some(open) = self.open.get_mut(&key) {
             if open.due.0 > now {
                 open.repeats += 1;
-                open.last = Some((line.to_vec(), route.clone()));
+                let previous = open.last.replace((line.to_vec(), route.clone()));
+                self.held = self.held - previous.map_or(0, |(line, _)| line.len()) + line.len();
+                while self.held > self.max_held_bytes && self.close_first(out) {}
                 return false;
             }
             self.close(&key, out);
         }
-        while self.open.len() >= self.max_windows {
-            let Some((_, oldest)) = self.due.pop_first() else { break };
-            self.close(&oldest, out);
-        }
+        while self.open.len() >= self.max_windows && self.close_first(out) {}
         self.seq += 1;
         let due = (now + window, self.seq);
         self.due.insert(due, key.clone());
@@ -207,10 +222,18 @@ impl Dedupe {
         out
     }
 
+    /// Closes the window due first, early; false when none is open.
+    fn close_first(&mut self, out: &mut Lines) -> bool {
+        let Some((_, first)) = self.due.pop_first() else { return false };
+        self.close(&first, out);
+        true
+    }
+
     fn close(&mut self, key: &Key, out: &mut Lines) {
         let Some(window) = self.open.remove(key) else { return };
         self.due.remove(&window.due);
         let Some((line, route)) = window.last else { return };
+        self.held -= line.len();
         let repeats = serde_json::json!({
             "count": window.repeats,
             "first": window.first.and_then(crate::tag::rfc3339),
@@ -239,7 +262,7 @@ mod tests {
     fn stage(window_secs: u64, max_windows: usize) -> Dedupe {
         let mut categories = BTreeMap::new();
         categories.insert("probe".to_string(), 0);
-        let config = DedupeConfig { window_secs, categories, max_windows };
+        let config = DedupeConfig { window_secs, categories, max_windows, ..Default::default() };
         Dedupe::new(&config).unwrap()
     }
 
@@ -373,6 +396,30 @@ mod tests {
             .collect();
         assert_eq!(ends, newlines);
         assert_eq!(lines.records[2].route.pod.as_deref(), Some("a"), "a's summary last");
+    }
+
+    /// Long repeats in many windows: the bytes held stay under the cap, the windows due
+    /// first closing early with their summaries, and nothing is lost.
+    #[test]
+    fn the_repeats_held_are_capped_in_bytes() {
+        let start = Instant::now();
+        let mut dedupe = stage(60, 100);
+        let line_bytes = record(1, "image_pull", "pod-0", 0).0.len();
+        dedupe.max_held_bytes = 3 * line_bytes;
+        // Five pods, each a first record and a repeat: five repeats held at most three.
+        let records: Vec<_> = (0..5)
+            .flat_map(|p| [0, 1].map(|s| record(1, "image_pull", &format!("pod-{p}"), s)))
+            .collect();
+        let (mut lines, mut counts) = batch(&records);
+        dedupe.batch(&mut lines, &mut counts, start);
+        assert!(dedupe.held <= dedupe.max_held_bytes, "{} held", dedupe.held);
+        assert_eq!((counts.forwarded, counts.deduplicated, counts.summaries), (5, 5, 2));
+        let early: Vec<_> =
+            messages(&lines).iter().map(|m| m["kubetag"]["repeats"].clone()).collect();
+        assert_eq!(early.iter().filter(|r| r["count"] == 1).count(), 2, "pod-0 and pod-1 early");
+        let rest = dedupe.expire(None);
+        assert_eq!(messages(&rest).len(), 3);
+        assert_eq!(dedupe.held, 0);
     }
 
     #[test]
