@@ -263,12 +263,16 @@ fn build_tag<'a>(
     }
 
     let message = String::from_utf8_lossy(text);
-    let log = header::parse(&message);
+    let mut log = header::parse(&message);
     let mut attributes = enrich::Attributes::new();
     if let Some(host) = record.first_text(&tagger.shape.host) {
         attributes.insert("k8s.node.name", host);
     }
     enrich::extract(&mut attributes, text, log.as_ref(), &primary.extract);
+    if let Some(log) = &mut log {
+        log.message.iter_mut().chain(log.fields.iter_mut().map(|(_, v)| v)).for_each(clip);
+    }
+    attributes.values_mut().for_each(clip);
 
     Tag {
         category: primary.category.id(),
@@ -283,6 +287,20 @@ fn build_tag<'a>(
         attributes,
         log,
         timestamp: timestamp(record, &tagger.shape),
+    }
+}
+
+/// The most of a record's text that one value of its tag copies. journalctl prints no
+/// value over 4096 bytes without `--all`; past that, a tag repeating a long message (its
+/// control characters escaped in six bytes each) could be several times the record.
+const MAX_VALUE_BYTES: usize = 4096;
+
+/// Cuts `value` to [`MAX_VALUE_BYTES`] on a character boundary, marking the cut with `…`.
+fn clip(value: &mut String) {
+    if value.len() > MAX_VALUE_BYTES {
+        let end = (0..=MAX_VALUE_BYTES).rev().find(|&i| value.is_char_boundary(i)).unwrap_or(0);
+        value.truncate(end);
+        value.push('…');
     }
 }
 
@@ -392,6 +410,25 @@ mod tests {
             let value: serde_json::Value = serde_json::from_str(&out).unwrap();
             assert_eq!(value["kubetag"]["category"], "image_pull", "{name}");
         }
+    }
+
+    #[test]
+    fn values_copied_from_a_long_message_are_clipped() {
+        let long = "x".repeat(3 * MAX_VALUE_BYTES);
+        let line = PULL.replace("myrepo/myapp:v1.0", &format!("myrepo/{long}"));
+        let (_, out) = run(&mut worker(Unmatched::Drop), &line);
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(value["MESSAGE"].as_str().unwrap().contains(&long), "the record is whole");
+        let tag = &value["kubetag"];
+        let image = tag["attributes"]["container.image.name"].as_str().unwrap();
+        let field = tag["log"]["fields"]["image"].as_str().unwrap();
+        for clipped in [image, field] {
+            assert_eq!(clipped.len(), MAX_VALUE_BYTES + '…'.len_utf8());
+            assert!(clipped.starts_with("myrepo/xxx") && clipped.ends_with('…'));
+        }
+        let mut accented = "é".repeat(MAX_VALUE_BYTES);
+        clip(&mut accented);
+        assert_eq!(accented.len(), MAX_VALUE_BYTES + '…'.len_utf8(), "cut between characters");
     }
 
     #[test]
