@@ -128,6 +128,7 @@ impl<'a> Record<'a> {
         let mut bytes = Vec::new();
         match field.kind {
             Kind::String => json::unescape(raw, &mut bytes),
+            Kind::Array if byte_array(raw, &mut bytes) => {}
             Kind::Array => {
                 let values: Vec<serde_json::Value> = serde_json::from_slice(raw).ok()?;
                 return match values.first()? {
@@ -174,6 +175,9 @@ pub(crate) fn key_is(line: &[u8], field: &Field, name: &str) -> bool {
 /// Decodes a MESSAGE array: bytes (0-255) as journalctl prints binary values, or the
 /// values of a field that occurs several times, one per line.
 fn decode_array(raw: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
+    if byte_array(raw, out) {
+        return Ok(());
+    }
     let values: Vec<serde_json::Value> =
         serde_json::from_slice(raw).map_err(|_| Malformed::MessageType)?;
     if values.iter().all(serde_json::Value::is_number) && !values.is_empty() {
@@ -194,6 +198,36 @@ fn decode_array(raw: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
         return Err(Malformed::MessageType);
     }
     Ok(())
+}
+
+/// Appends the bytes of `raw`, a valid JSON array, if it holds integers from 0 to 255 only
+/// (and at least one); false, with `out` as it was, if it holds anything else. Decoded
+/// straight from the text: as JSON values, each byte would take 32 bytes of memory, and a
+/// megabyte of binary message tens of megabytes.
+fn byte_array(raw: &[u8], out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    let mut byte: Option<u16> = None;
+    for &b in &raw[1..] {
+        match b {
+            b'0'..=b'9' => {
+                let value = byte.unwrap_or(0) * 10 + u16::from(b - b'0');
+                if value > 255 {
+                    break;
+                }
+                byte = Some(value);
+            }
+            b',' | b']' if byte.is_some() => {
+                out.extend(byte.take().map(|v| v as u8));
+                if b == b']' {
+                    return true;
+                }
+            }
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            _ => break,
+        }
+    }
+    out.truncate(start);
+    false
 }
 
 fn push_bytes(values: &[serde_json::Value], out: &mut Vec<u8>) -> Result<(), Malformed> {
@@ -233,6 +267,41 @@ mod tests {
         assert_eq!(message_of(r#"{"MESSAGE":7}"#), Err(Malformed::MessageType));
         assert_eq!(message_of(r#"{"MESSAGE":{"a":1}}"#), Err(Malformed::MessageType));
         assert_eq!(message_of(r#"{"OTHER":"x"}"#), Err(Malformed::NoMessage));
+    }
+
+    /// Arrays read straight as bytes give what JSON values would, and anything else is
+    /// left to the values.
+    #[test]
+    fn byte_arrays_decode_as_the_json_values_would() {
+        let cases = [
+            "[104,105]",
+            "[ 0 , 255 ]",
+            "[\n7\n]",
+            "[256]",
+            "[1,256]",
+            "[-1]",
+            "[1.0]",
+            "[1e2]",
+            "[]",
+            "[[1]]",
+            "[\"a\"]",
+            "[1,\"a\"]",
+            "[null]",
+            "[25,50,255,0]",
+        ];
+        for raw in cases {
+            let mut out = b"kept".to_vec();
+            let fast = byte_array(raw.as_bytes(), &mut out);
+            let values: Vec<serde_json::Value> = serde_json::from_slice(raw.as_bytes()).unwrap();
+            let bytes: Option<Vec<u8>> = values
+                .iter()
+                .map(|v| v.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect::<Option<_>>()
+                .filter(|b: &Vec<u8>| !b.is_empty());
+            assert_eq!(fast, bytes.is_some(), "{raw}");
+            let expected = [b"kept".to_vec(), bytes.unwrap_or_default()].concat();
+            assert_eq!(out, expected, "{raw}");
+        }
     }
 
     #[test]
