@@ -96,17 +96,28 @@ impl Drop for Lent {
 const SPARE_BUFFERS: usize = 8;
 
 /// Buffers back from their frames, the last one back on top: it is the likeliest to be
-/// still in a cache.
-#[derive(Clone, Default)]
-struct Spare(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+/// still in a cache. Only buffers of about the read size are kept: one grown to hold a
+/// long line would otherwise stay, up to [`SPARE_BUFFERS`] of them, for the whole run.
+#[derive(Clone)]
+struct Spare {
+    buffers: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    max_bytes: usize,
+}
 
 impl Spare {
+    fn new(read_bytes: usize) -> Spare {
+        Spare { buffers: Arc::default(), max_bytes: 2 * read_bytes }
+    }
+
     fn take(&self) -> Option<Vec<u8>> {
-        self.0.lock().ok()?.pop()
+        self.buffers.lock().ok()?.pop()
     }
 
     fn put(&self, buf: Vec<u8>) {
-        if let Ok(mut spare) = self.0.lock() {
+        if buf.capacity() > self.max_bytes {
+            return;
+        }
+        if let Ok(mut spare) = self.buffers.lock() {
             if spare.len() < SPARE_BUFFERS {
                 spare.push(buf);
             }
@@ -167,7 +178,7 @@ impl Framer {
             max_line_bytes,
             read_bytes,
             skipping: None,
-            spare: Spare::default(),
+            spare: Spare::new(read_bytes),
         }
     }
 
