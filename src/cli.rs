@@ -304,6 +304,9 @@ fn check_start(settings: &Settings) -> Result<Option<StatsFile>, Failure> {
     for sink in &settings.sinks {
         sink.check().with_context(|| format!("output {}", sink.label())).map_err(usage)?;
     }
+    for path in [&settings.dead_letter, &settings.stats_file].into_iter().flatten() {
+        refuse_fifo(path).map_err(usage)?;
+    }
     if let Some(path) = &settings.dead_letter {
         // The pipeline opens it again, to append, when it starts.
         DeadLetter::open(path).map_err(usage)?;
@@ -312,6 +315,18 @@ fn check_start(settings: &Settings) -> Result<Option<StatsFile>, Failure> {
     // Once the files the run writes beside its sinks exist, they can be told apart.
     refuse_shared_files(settings).map_err(usage)?;
     stats_file.map_err(usage)
+}
+
+/// The dead-letter and stats files are opened before the run: a FIFO's open would wait
+/// there for a reader, before a stop can be asked.
+fn refuse_fifo(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.file_type().is_fifo() => {
+            Err(anyhow!("{} is a FIFO: give a regular file", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A regular file's identity: its device and inode, whatever path names it.

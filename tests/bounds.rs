@@ -110,3 +110,32 @@ fn a_stop_ends_a_run_that_waits_for_a_fifos_writer() {
     let status = exit_within(&mut child, Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+#[test]
+fn a_stop_ends_a_run_whose_output_fifo_has_no_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("out.fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n").unwrap();
+    let mut child = kubetag_tool()
+        .args(["--config", config.to_str().unwrap(), "--output"])
+        .arg(&fifo)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.as_mut().unwrap().write_all(PLEG).unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("started") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "kubetag ended before it started");
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = exit_within(&mut child, Duration::from_secs(10));
+    // The record read could not be delivered: the run fails, but it ends.
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
+}

@@ -719,6 +719,19 @@ fn stats_dead_letter_and_output_paths_that_cannot_be_written_are_refused_at_star
         assert!(output.stdout.is_empty(), "{flag}: nothing is read");
         assert!(stderr.contains(missing), "{flag}: {stderr}");
     }
+
+    // Opened before the run, a FIFO would wait there for a reader.
+    let fifo = dir.path().join("counters.fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for flag in ["--stats-file", "--dead-letter"] {
+        let mut command = kubetag();
+        command.args([flag, fifo.to_str().unwrap()]).stdin(Stdio::piped());
+        let output =
+            output_within(spawn_piped(&mut command, Stdio::piped()), Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains("is a FIFO"), "{flag}: {stderr}");
+    }
 }
 
 #[test]

@@ -109,8 +109,10 @@ impl SinkConfig {
                 Box::new(move || write_batches(batches, writer, &counters))
             }
             SinkConfig::File { path } => {
-                let writer = Box::new(append(path)?);
-                Box::new(move || write_batches(batches, writer, &counters))
+                // Opened by the sink's thread: a FIFO's open waits for its reader, and the
+                // run must go on (and see a stop) meanwhile.
+                let path = path.clone();
+                Box::new(move || write_batches(batches, Box::new(append(&path)?), &counters))
             }
             SinkConfig::Tcp(config) => {
                 let (config, label) = (config.clone(), self.label());
