@@ -5,6 +5,9 @@
 # fuzz/regressions/TARGET/, where tests/fuzz_regressions.rs runs it with every test run.
 #   bash fuzz/run.sh 15                 every target, 15 s each (what CI runs)
 #   bash fuzz/run.sh 3600 differential  one target for an hour
+# FUZZ_SEED fixes libFuzzer's seed, so that a run explores the same inputs in the same
+# order each time (the test script sets it: a gate must not pass or fail by luck); unset,
+# each run starts from a fresh seed and explores further.
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-15}
@@ -18,7 +21,7 @@ cargo fuzz build --sanitizer none
 for target in "${targets[@]}"; do
   echo "fuzzing $target for ${seconds}s"
   cargo fuzz run --sanitizer none "$target" -- \
-    -max_total_time="$seconds" -max_len=16384 -rss_limit_mb=2048 -print_final_stats=1 \
+    ${FUZZ_SEED:+-seed="$FUZZ_SEED"} -max_total_time="$seconds" -max_len=16384 -rss_limit_mb=2048 -print_final_stats=1 \
     2>&1 | grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==|thread|.*panicked)' || true
   if ls "artifacts/$target"/* >/dev/null 2>&1; then
     echo "fuzz target $target failed; inputs in fuzz/artifacts/$target/" >&2
