@@ -313,7 +313,7 @@ fn check_start(settings: &Settings) -> Result<Option<StatsFile>, Failure> {
     }
     let stats_file = settings.stats_file.as_deref().map(StatsFile::open).transpose();
     // Once the files the run writes beside its sinks exist, they can be told apart.
-    refuse_shared_files(settings).map_err(usage)?;
+    refuse_shared_files(settings, true).map_err(usage)?;
     stats_file.map_err(usage)
 }
 
@@ -329,11 +329,13 @@ fn refuse_fifo(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// A regular file's identity: its device and inode, whatever path names it.
+/// A regular file's identity, whatever path names it.
 #[derive(PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
+enum FileId {
+    /// A file that exists: its device and inode.
+    Inode { dev: u64, ino: u64 },
+    /// A file the run will create: its directory's device and inode, and its name there.
+    New { dev: u64, ino: u64, name: std::ffi::OsString },
 }
 
 impl FileId {
@@ -341,7 +343,28 @@ impl FileId {
     /// file keeps what is written to it for a later read, so only one can loop.
     fn of(metadata: std::io::Result<std::fs::Metadata>) -> Option<FileId> {
         let metadata = metadata.ok().filter(std::fs::Metadata::is_file)?;
-        Some(FileId { dev: metadata.dev(), ino: metadata.ino() })
+        Some(FileId::Inode { dev: metadata.dev(), ino: metadata.ino() })
+    }
+
+    /// The identity of an output path: the file it names, or, when there is none yet, the
+    /// place where the run will create it (`new.jsonl` and `./new.jsonl` are one file
+    /// before either exists). A dangling link names the place its target would be made.
+    fn of_output(path: &Path) -> Option<FileId> {
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            metadata => return FileId::of(metadata),
+        }
+        let target = match std::fs::read_link(path) {
+            Ok(target) => path.parent().unwrap_or(Path::new("")).join(target),
+            Err(_) => path.to_path_buf(),
+        };
+        let name = target.file_name()?.to_os_string();
+        let dir = match target.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let dir = std::fs::metadata(dir).ok()?;
+        Some(FileId::New { dev: dir.dev(), ino: dir.ino(), name })
     }
 
     /// The file open as stdin or stdout, through a copy of its descriptor.
@@ -354,11 +377,12 @@ impl FileId {
 /// Like `cat`, refuses to write to a file it reads: the run would read its own output back
 /// for ever (`kubetag --unmatched pass f >> f`), or overwrite it with its counters. Two
 /// outputs that are one file would mix their lines, or the counters would replace them.
-fn refuse_shared_files(settings: &Settings) -> anyhow::Result<()> {
-    let outputs = output_files(settings);
+/// `stdio` says whether this process's stdin and stdout are the run's (not for `check`).
+fn refuse_shared_files(settings: &Settings, stdio: bool) -> anyhow::Result<()> {
+    let outputs = output_files(settings, stdio);
     for source in &settings.sources {
         let id = match source {
-            SourceConfig::Stdin => FileId::of_fd(std::io::stdin().as_fd()),
+            SourceConfig::Stdin if stdio => FileId::of_fd(std::io::stdin().as_fd()),
             SourceConfig::File { path } => FileId::of(std::fs::metadata(path)),
             _ => None,
         };
@@ -376,12 +400,12 @@ fn refuse_shared_files(settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// The regular files the run writes to, each with a name for an error.
-fn output_files(settings: &Settings) -> Vec<(FileId, String)> {
+fn output_files(settings: &Settings, stdio: bool) -> Vec<(FileId, String)> {
     let mut outputs = Vec::new();
     for sink in &settings.sinks {
         let id = match sink {
-            SinkConfig::Stdout => FileId::of_fd(std::io::stdout().as_fd()),
-            SinkConfig::File { path } => FileId::of(std::fs::metadata(path)),
+            SinkConfig::Stdout if stdio => FileId::of_fd(std::io::stdout().as_fd()),
+            SinkConfig::File { path } => FileId::of_output(path),
             _ => None,
         };
         outputs.extend(id.map(|id| (id, format!("the output {}", sink.label()))));
@@ -480,6 +504,9 @@ fn check(args: ConfigArgs) -> Result<(), Failure> {
                 if let Err(e) = sink.check() {
                     problems.push(format!("output {}: {e}", sink.label()));
                 }
+            }
+            if let Err(e) = refuse_shared_files(&settings, false) {
+                problems.push(e.to_string());
             }
             rules_dir = rules_dir.or(settings.rules_dir);
         }

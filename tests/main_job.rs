@@ -653,9 +653,13 @@ fn a_directory_among_the_files_is_refused_before_anything_is_read() {
 #[test]
 fn outputs_that_are_one_file_are_refused() {
     // OUT stands for one path, spelled two ways; it may not exist before the run.
-    let cases: [(&str, &[&str], bool); 3] = [
+    // LINK is a link to OUT, made before the run whether or not OUT exists.
+    let cases: [(&str, &[&str], bool); 6] = [
         ("an output and the stats file", &["--output", "OUT", "--stats-file", "./OUT"], false),
         ("two outputs", &["--output", "OUT", "--output", "file:./OUT"], true),
+        ("two outputs not made yet", &["--output", "OUT", "--output", "file:./OUT"], false),
+        ("an output through a link", &["-o", "OUT", "-o", "LINK"], true),
+        ("an output through a dangling link", &["-o", "LINK", "-o", "OUT"], false),
         ("an output and the dead-letter file", &["--dead-letter", "OUT", "-o", "OUT"], false),
     ];
     for (name, flags, exists) in cases {
@@ -663,6 +667,7 @@ fn outputs_that_are_one_file_are_refused() {
         if exists {
             std::fs::write(dir.path().join("OUT"), "").unwrap();
         }
+        std::os::unix::fs::symlink("OUT", dir.path().join("LINK")).unwrap();
         let mut command = kubetag();
         command.current_dir(dir.path()).args(flags).stdin(Stdio::piped());
         let output =
@@ -671,6 +676,21 @@ fn outputs_that_are_one_file_are_refused() {
         assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
         assert!(stderr.contains("one would overwrite the other"), "{name}: {stderr}");
     }
+
+    // `check` finds two file sinks of a config that are one file, before it exists.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("two.toml");
+    let sinks = "[sinks.one]\ntype = \"file\"\npath = \"z.jsonl\"\n\
+                 [sinks.two]\ntype = \"file\"\npath = \"./z.jsonl\"\n";
+    std::fs::write(&config, sinks).unwrap();
+    let output = kubetag_tool()
+        .current_dir(dir.path())
+        .args(["check", "--config", "two.toml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("one would overwrite the other"), "{stderr}");
 
     let dir = tempfile::tempdir().unwrap();
     let output = run(&["--output", dir.path().to_str().unwrap()], format!("{PLEG}\n").as_bytes());
