@@ -24,10 +24,13 @@ pub enum Malformed {
     TooLong,
     NoMessage,
     MessageType,
+    /// A record kubetag itself failed on: a bug, kept out of the stream instead of
+    /// stopping it.
+    Internal,
 }
 
 impl Malformed {
-    pub const ALL: [Malformed; 8] = [
+    pub const ALL: [Malformed; 9] = [
         Malformed::Empty,
         Malformed::Syntax,
         Malformed::Truncated,
@@ -36,6 +39,7 @@ impl Malformed {
         Malformed::TooLong,
         Malformed::NoMessage,
         Malformed::MessageType,
+        Malformed::Internal,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +52,7 @@ impl Malformed {
             Malformed::TooLong => "too_long",
             Malformed::NoMessage => "no_message",
             Malformed::MessageType => "message_type",
+            Malformed::Internal => "internal",
         }
     }
 
@@ -65,6 +70,7 @@ impl Malformed {
             Malformed::TooLong => "line longer than max_line_bytes",
             Malformed::NoMessage => "record without a message field",
             Malformed::MessageType => "message field that is neither text nor bytes",
+            Malformed::Internal => "a record kubetag failed on (a bug: please report it)",
         }
     }
 }

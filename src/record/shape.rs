@@ -122,7 +122,11 @@ fn split_offset(text: &str) -> Option<(&str, i64)> {
     if let Some(local) = text.strip_suffix(['Z', 'z']) {
         return Some((local, 0));
     }
-    let (local, zone) = text.split_at(text.len().checked_sub(6)?);
+    let at = text.len().checked_sub(6)?;
+    // An offset is ASCII: text whose last six bytes split a character has none.
+    let (Some(local), Some(zone)) = (text.get(..at), text.get(at..)) else {
+        return Some((text, 0));
+    };
     let sign = match zone.as_bytes().first()? {
         b'+' => 1,
         b'-' => -1,
@@ -147,6 +151,9 @@ mod tests {
         assert_eq!(micros("2026-12-04T04:00:01.5-05:00"), Some(1_796_374_801_500_000));
         assert_eq!(micros("2026-12-04t09:00:01.5z"), None, "humantime wants an upper-case T");
         assert_eq!(micros("yesterday"), None);
+        // Six bytes from the end is inside 'ҥ': no offset, and no panic.
+        assert_eq!(micros("77ҥ[,,97"), None);
+        assert_eq!(micros("2026-12-04T09:00:01ҥ:00"), None);
     }
 
     #[test]

@@ -145,8 +145,17 @@ impl Worker {
     }
 
     /// Judges one line (without its newline) and appends what is forwarded to `out`.
-    /// Secrets in it are masked.
+    /// Secrets in it are masked. A line the worker panics on (a bug) adds nothing and is
+    /// judged [`Malformed::Internal`]: one record is set aside, the stream goes on.
     pub fn line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Outcome {
+        let outcome = guarded(out, |out| self.forward(line, out));
+        if outcome == Outcome::Malformed(Malformed::Internal) {
+            self.route = None;
+        }
+        outcome
+    }
+
+    fn forward(&mut self, line: &[u8], out: &mut Vec<u8>) -> Outcome {
         let start = out.len();
         let outcome = self.judge(line, out);
         let unmatched = matches!(outcome, Outcome::Unmatched | Outcome::Omitted);
@@ -225,6 +234,17 @@ impl Worker {
         }
         Outcome::Tagged { rule, category }
     }
+}
+
+/// Runs `judge` on `out`; if it panics, takes back what it appended and judges the line
+/// [`Malformed::Internal`].
+fn guarded(out: &mut Vec<u8>, judge: impl FnOnce(&mut Vec<u8>) -> Outcome) -> Outcome {
+    let start = out.len();
+    let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| judge(&mut *out)));
+    judged.unwrap_or_else(|_| {
+        out.truncate(start);
+        Outcome::Malformed(Malformed::Internal)
+    })
 }
 
 /// The `kubetag` object added to a tagged record.
@@ -368,6 +388,25 @@ mod tests {
     }
 
     const PULL: &str = r#"{"_HOSTNAME":"node-1","__REALTIME_TIMESTAMP":"1700000000123456","_SYSTEMD_UNIT":"kubelet.service","MESSAGE":"E1121 08:22:37.585238    8228 kuberuntime_image.go:53] \"Failed to pull image\" err=\"rpc error: code = Unknown desc = Error response from daemon: pull access denied\" image=\"myrepo/myapp:v1.0\""}"#;
+
+    #[test]
+    fn a_line_the_worker_panics_on_is_set_aside_and_the_worker_goes_on() {
+        let mut out = b"kept\n".to_vec();
+        let outcome = guarded(&mut out, |out| {
+            out.extend_from_slice(b"half a rec");
+            panic!("a bug")
+        });
+        assert_eq!(outcome, Outcome::Malformed(Malformed::Internal));
+        assert_eq!(out, b"kept\n", "what the panic left half written is taken back");
+
+        // A record whose time splits a character six bytes from its end once panicked.
+        let mut worker = worker(Unmatched::Drop);
+        let odd_time = PULL.replace("1700000000123456", "77ҥ[,,97");
+        let (outcome, out) = run(&mut worker, &odd_time);
+        assert!(matches!(outcome, Outcome::Tagged { .. }), "{outcome:?}");
+        assert!(!out.contains("\"timestamp\""), "{out}");
+        assert!(matches!(run(&mut worker, PULL).0, Outcome::Tagged { .. }));
+    }
 
     #[test]
     fn tagged_record_keeps_its_fields_and_gains_a_tag() {
