@@ -483,6 +483,7 @@ fn read_streams(
         {
             break;
         }
+        tracing::debug!(input = %config.label(), "input read to its end");
     }
     Ok(())
 }
@@ -877,16 +878,30 @@ impl Collector {
     /// a sink that stays full past the shutdown timeout is given up: the batch is marked
     /// undelivered and the sink takes nothing more.
     fn offer(&mut self, sink: &Sink, batch: &Batch) -> Offer {
+        let records = crate::sink::count_records(batch);
         let mut batch = batch.clone();
         loop {
             match sink.queue.send_timeout(batch, Duration::from_millis(100)) {
-                Ok(()) => return Offer::Taken,
-                Err(flume::SendTimeoutError::Disconnected(_)) => return Offer::Gone,
+                Ok(()) => {
+                    sink.counters.offered(records);
+                    return Offer::Taken;
+                }
+                Err(flume::SendTimeoutError::Disconnected(_)) => {
+                    sink.counters.offered(records);
+                    sink.counters.failed(records);
+                    return Offer::Gone;
+                }
                 Err(flume::SendTimeoutError::Timeout(back)) => batch = back,
             }
             if self.past_shutdown_deadline() {
-                self.failures
-                    .push(format!("sink {}: still full at the shutdown timeout", sink.label));
+                // What the sink holds, and this batch, will not be delivered.
+                sink.counters.offered(records);
+                let lost = sink.counters.abandon();
+                let label = &sink.label;
+                self.failures.push(format!(
+                    "sink {label}: still full at the shutdown timeout, {lost} record(s) not known to \
+                     be delivered"
+                ));
                 return Offer::Gone;
             }
         }
@@ -922,6 +937,14 @@ impl Collector {
         }
     }
 
+    /// Adds what a sink was handed and did not deliver to the run's counts.
+    fn count_undelivered(&mut self, label: &str, counters: &crate::sink::Counters) {
+        let (_, failed, _) = counters.totals();
+        if failed > 0 {
+            *self.counts.undelivered.entry(label.to_string()).or_default() += failed;
+        }
+    }
+
     fn finish(mut self) -> Finished {
         self.summarise(None);
         if let Some(metrics) = &self.metrics {
@@ -939,23 +962,35 @@ impl Collector {
             .into_iter()
             .map(|sink| {
                 drop(sink.queue);
-                (sink.label, sink.is_stdout, sink.thread)
+                (sink.label, sink.is_stdout, sink.thread, sink.counters)
             })
             .collect();
-        let deadline = self.shutdown_deadline();
-        for (label, is_stdout, thread) in threads {
-            // After a stop, a sink still retrying at the deadline is left behind: the
+        for (label, is_stdout, thread, counters) in threads {
+            // A sink drains for as long as it needs until a stop is asked, before or during
+            // the wait. After that, one still busy at the deadline is left behind: the
             // records it holds stay unacknowledged, so no checkpoint passes them.
-            while deadline.is_some_and(|at| Instant::now() < at) && !thread.is_finished() {
-                std::thread::sleep(Duration::from_millis(10));
+            while !thread.is_finished() && !self.past_shutdown_deadline() {
+                std::thread::sleep(Duration::from_millis(2));
             }
-            if deadline.is_some() && !thread.is_finished() {
-                self.failures
-                    .push(format!("sink {label}: still delivering at the shutdown timeout"));
+            if !thread.is_finished() {
+                let lost = counters.abandon();
+                // A sink found full at the deadline has said so, with what it lost.
+                let named = format!("sink {label}: ");
+                if lost > 0 || !self.failures.iter().any(|f| f.starts_with(&named)) {
+                    self.failures.push(format!(
+                        "{named}still delivering at the shutdown timeout, {lost} record(s) \
+                         not known to be delivered"
+                    ));
+                }
+                self.count_undelivered(&label, &counters);
                 continue;
             }
-            match thread.join() {
+            let outcome = thread.join();
+            self.count_undelivered(&label, &counters);
+            match outcome {
                 Ok(Ok(())) => {}
+                // Given up at the shutdown timeout, which is reported already.
+                Ok(Err(_)) if counters.abandoned() => {}
                 // A closed stdout (`| head`) ends the run quietly.
                 Ok(Err(e)) if is_stdout && e.kind() == io::ErrorKind::BrokenPipe => {}
                 // Network sinks name themselves in their errors.

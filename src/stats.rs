@@ -36,6 +36,10 @@ pub struct Counts {
     pub summaries: u64,
     /// Secrets masked in forwarded records.
     pub masked: u64,
+    /// By sink, the forwarded records it was handed and did not deliver: it failed, or a
+    /// stop left it behind at the shutdown timeout. A write under way at that moment may
+    /// still deliver part of them.
+    pub undelivered: BTreeMap<String, u64>,
 }
 
 impl Counts {
@@ -84,6 +88,9 @@ impl Counts {
         self.deduplicated += other.deduplicated;
         self.summaries += other.summaries;
         self.masked += other.masked;
+        for (sink, n) in &other.undelivered {
+            *self.undelivered.entry(sink.clone()).or_default() += n;
+        }
     }
 
     /// The counters as the stats file holds them.
@@ -115,6 +122,9 @@ impl Counts {
             deduplicated: self.deduplicated,
             summaries: self.summaries,
             masked: self.masked,
+            undelivered_by_sink: named(
+                self.undelivered.iter().map(|(sink, &n)| (sink.clone(), n)).collect(),
+            ),
         }
     }
 }
@@ -136,6 +146,7 @@ pub struct Report {
     pub deduplicated: u64,
     pub summaries: u64,
     pub masked: u64,
+    pub undelivered_by_sink: BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -163,6 +174,10 @@ impl Report {
         }
         if !self.malformed_by_reason.is_empty() {
             let _ = write!(text, "\n  malformed: {}", list(&self.malformed_by_reason));
+        }
+        if !self.undelivered_by_sink.is_empty() {
+            let _ =
+                write!(text, "\n  not known to be delivered: {}", list(&self.undelivered_by_sink));
         }
         text
     }

@@ -111,31 +111,112 @@ fn a_stop_ends_a_run_that_waits_for_a_fifos_writer() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
 
+/// Reads `child`'s stderr until a line holds `text`; the lines read, for a report.
+fn read_until(stderr: &mut impl BufRead, text: &str) -> String {
+    let mut read = String::new();
+    while !read.lines().last().is_some_and(|l| l.contains(text)) {
+        assert!(stderr.read_line(&mut read).unwrap() > 0, "no {text:?} in {read}");
+    }
+    read
+}
+
 #[test]
 fn a_stop_ends_a_run_whose_output_fifo_has_no_reader() {
+    // The input still open when the stop comes, or already read to its end: either way the
+    // run gives up at the shutdown timeout and says what it did not deliver.
+    for input_ended in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("out.fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let config = dir.path().join("pipeline.toml");
+        std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n").unwrap();
+        let stats = dir.path().join("stats.json");
+        let mut child = kubetag_tool()
+            .args(["--log-level", "debug", "--config", config.to_str().unwrap(), "--output"])
+            .arg(&fifo)
+            .arg("--stats-file")
+            .arg(&stats)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(PLEG).unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        if input_ended {
+            drop(stdin);
+            read_until(&mut stderr, "input read to its end");
+        } else {
+            read_until(&mut stderr, "started");
+        }
+        let pid = child.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = exit_within(&mut child, Duration::from_secs(10));
+        // The record read could not be delivered: the run fails, but it ends, and says so.
+        assert_eq!(status.and_then(|s| s.code()), Some(1), "input ended: {input_ended}");
+        let mut rest = String::new();
+        stderr.read_to_string(&mut rest).unwrap();
+        assert!(rest.contains("1 record(s) not known to be delivered"), "{rest}");
+        let stats = common::stats(&stats);
+        assert_eq!(stats["undelivered_by_sink"][fifo.to_str().unwrap()], 1, "{stats}");
+    }
+}
+
+#[test]
+fn a_stop_with_a_slow_reader_counts_every_record_it_could_not_deliver() {
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("out.fifo");
-    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, PLEG.repeat(300_000)).unwrap();
     let config = dir.path().join("pipeline.toml");
     std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n").unwrap();
+    let stats = dir.path().join("stats.json");
     let mut child = kubetag_tool()
-        .args(["--config", config.to_str().unwrap(), "--output"])
-        .arg(&fifo)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .args(["-q", "--config", config.to_str().unwrap(), "--stats-file"])
+        .arg(&stats)
+        .arg(&input)
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.as_mut().unwrap().write_all(PLEG).unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("started") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "kubetag ended before it started");
+
+    // A reader of 16 KiB every 10 ms, stopped while it reads and reading on to the end.
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut received, mut chunk, mut signalled) = (0, vec![0; 16 * 1024], false);
+    loop {
+        let n = stdout.read(&mut chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        received += chunk[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        if received > 5_000 && !signalled {
+            let pid = child.id().to_string();
+            assert!(std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success());
+            signalled = true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = exit_within(&mut child, Duration::from_secs(10));
-    // The record read could not be delivered: the run fails, but it ends.
-    assert_eq!(status.and_then(|s| s.code()), Some(1));
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
+
+    let stats = common::stats(&stats);
+    let forwarded = stats["forwarded"].as_u64().unwrap();
+    let undelivered = stats["undelivered_by_sink"]["stdout"].as_u64().unwrap_or(0);
+    assert!(undelivered > 0 && forwarded < 300_000, "{stats}");
+    // Every record forwarded was received or counted; only the write under way when the
+    // run gave up (one write buffer at most) can be both.
+    let both = (received + undelivered).checked_sub(forwarded);
+    let one_write = (256 * 1024 / PLEG.len()) as u64;
+    assert!(both.is_some_and(|n| n <= one_write), "{received} received, {stats} {stderr}");
+    assert!(stderr.contains(&format!("{undelivered} record(s) not known")), "{stderr}");
 }

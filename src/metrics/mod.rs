@@ -51,15 +51,43 @@ struct RulesState {
 /// One sink's delivery counters, kept by the sink's own thread.
 #[derive(Default)]
 pub(crate) struct SinkCounters {
+    /// Records handed to the sink's queue.
+    offered: AtomicU64,
     sent: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
     down: AtomicBool,
+    /// The run gave up on the sink at the shutdown timeout: it starts no more writes.
+    abandoned: AtomicBool,
     /// The sink's queue, weakly: metrics must not keep it open past the run.
     queue: Mutex<Option<flume::WeakSender<Batch>>>,
 }
 
 impl SinkCounters {
+    /// Records handed to the sink.
+    pub(crate) fn offered(&self, records: u64) {
+        self.offered.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Records handed to the sink that it has neither delivered nor given up on yet.
+    pub(crate) fn undelivered(&self) -> u64 {
+        let (offered, sent, failed) = (load(&self.offered), load(&self.sent), load(&self.failed));
+        offered.saturating_sub(sent + failed)
+    }
+
+    /// Gives up on the sink: it starts no more writes, and what it has not delivered is
+    /// counted failed and returned. A write already under way may still deliver part.
+    pub(crate) fn abandon(&self) -> u64 {
+        self.abandoned.store(true, Ordering::SeqCst);
+        let lost = self.undelivered();
+        self.failed(lost);
+        lost
+    }
+
+    pub(crate) fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::SeqCst)
+    }
+
     /// Records the sink delivered.
     pub(crate) fn sent(&self, records: u64) {
         self.sent.fetch_add(records, Ordering::Relaxed);

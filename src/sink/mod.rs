@@ -4,6 +4,7 @@
 pub(crate) mod http;
 pub(crate) mod kafka;
 mod retry;
+pub(crate) use retry::count_records;
 pub(crate) mod tcp;
 
 use std::fs::{File, OpenOptions};
@@ -199,12 +200,9 @@ fn write_batches(
     writer: Box<dyn Write + Send>,
     counters: &SinkCounters,
 ) -> io::Result<()> {
+    let writer = CountingWriter { inner: writer, counters };
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
     let mut unflushed: Vec<Batch> = Vec::new();
-    let flushed = |unflushed: &mut Vec<Batch>| {
-        counters.sent(unflushed.iter().map(retry::count_records).sum());
-        unflushed.clear();
-    };
     let result = (|| {
         let mut held = 0;
         while let Ok(batch) = batches.recv() {
@@ -213,20 +211,42 @@ fn write_batches(
             unflushed.push(batch);
             if batches.is_empty() || held >= HELD_BYTES {
                 writer.flush()?;
-                flushed(&mut unflushed);
+                unflushed.clear();
                 held = 0;
             }
         }
         writer.flush()?;
-        flushed(&mut unflushed);
+        unflushed.clear();
         Ok(())
     })();
     if result.is_err() {
-        let lost: Vec<Batch> = unflushed.drain(..).chain(batches.drain()).collect();
-        lost.iter().for_each(|b| b.fail());
-        counters.failed(lost.iter().map(retry::count_records).sum());
+        // Lines written whole before the failure were delivered; the rest is lost.
+        unflushed.drain(..).chain(batches.drain()).for_each(|b| b.fail());
+        counters.failed(counters.undelivered());
     }
     result
+}
+
+/// Counts each line as sent once its newline is written, so that what a stalled or
+/// failed sink did deliver is known to the line.
+struct CountingWriter<'a> {
+    inner: Box<dyn Write + Send>,
+    counters: &'a SinkCounters,
+}
+
+impl Write for CountingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.counters.abandoned() {
+            return Err(io::Error::other("given up at the shutdown timeout"));
+        }
+        let written = self.inner.write(buf)?;
+        self.counters.sent(memchr::memchr_iter(b'\n', &buf[..written]).count() as u64);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// A file output must not be a directory, and the directory it is created in must be
