@@ -293,39 +293,89 @@ fn run(args: RunArgs) -> Result<(), Failure> {
 
 /// Refuses, before anything is read, what would only fail later: an input that cannot be
 /// opened, an output with bad settings, an output that is also an input, a dead-letter or
-/// stats path that cannot be written. The stats file stays open for the end of the run.
+/// stats path that cannot be written. Nothing is created until all of it passed. The stats
+/// file stays open for the end of the run.
 fn check_start(settings: &Settings) -> Result<Option<StatsFile>, Failure> {
-    for source in &settings.sources {
-        source
-            .check()
-            .with_context(|| format!("cannot open input {}", source.label()))
-            .map_err(usage)?;
-    }
-    for sink in &settings.sinks {
-        sink.check().with_context(|| format!("output {}", sink.label())).map_err(usage)?;
-    }
-    for path in [&settings.dead_letter, &settings.stats_file].into_iter().flatten() {
-        refuse_fifo(path).map_err(usage)?;
+    let files = Files::of(settings);
+    if let Some(first) = files.problems().into_iter().next() {
+        return Err(usage(first));
     }
     if let Some(path) = &settings.dead_letter {
         // The pipeline opens it again, to append, when it starts.
         DeadLetter::open(path).map_err(usage)?;
     }
-    let stats_file = settings.stats_file.as_deref().map(StatsFile::open).transpose();
-    // Once the files the run writes beside its sinks exist, they can be told apart.
-    refuse_shared_files(settings, true).map_err(usage)?;
-    stats_file.map_err(usage)
+    settings.stats_file.as_deref().map(StatsFile::open).transpose().map_err(usage)
 }
 
-/// The dead-letter and stats files are opened before the run: a FIFO's open would wait
-/// there for a reader, before a stop can be asked.
-fn refuse_fifo(path: &Path) -> anyhow::Result<()> {
+/// The files a run reads and writes, as its settings or a configuration name them.
+struct Files<'a> {
+    sources: &'a [SourceConfig],
+    sinks: &'a [SinkConfig],
+    dead_letter: Option<&'a Path>,
+    stats_file: Option<&'a Path>,
+    /// Whether this process's stdin and stdout are the run's (not for `check`).
+    stdio: bool,
+}
+
+impl<'a> Files<'a> {
+    fn of(settings: &'a Settings) -> Files<'a> {
+        Files {
+            sources: &settings.sources,
+            sinks: &settings.sinks,
+            dead_letter: settings.dead_letter.as_deref(),
+            stats_file: settings.stats_file.as_deref(),
+            stdio: true,
+        }
+    }
+
+    /// Every problem with them, in the order a run meets them; nothing is created.
+    fn problems(&self) -> Vec<anyhow::Error> {
+        let mut problems = Vec::new();
+        for source in self.sources {
+            if let Err(e) = source.check() {
+                problems.push(anyhow!(e).context(format!("cannot open input {}", source.label())));
+            }
+        }
+        for sink in self.sinks {
+            if let Err(e) = sink.check() {
+                problems.push(anyhow!(e).context(format!("output {}", sink.label())));
+            }
+        }
+        for (what, path) in self.side_files() {
+            if let Err(e) = check_side_file(path) {
+                problems.push(e.context(format!("{what} {}", path.display())));
+            }
+        }
+        if let Err(e) = self.refuse_shared() {
+            problems.push(e);
+        }
+        problems
+    }
+
+    /// The files the run writes beside its sinks, each with what it is.
+    fn side_files(&self) -> impl Iterator<Item = (&'static str, &'a Path)> {
+        let files =
+            [("the dead-letter file", self.dead_letter), ("the stats file", self.stats_file)];
+        files.into_iter().filter_map(|(what, path)| Some((what, path?)))
+    }
+}
+
+/// A dead-letter or stats path must be one the run can create or append to. Both are
+/// opened before the run: a FIFO's open would wait there for a reader, before a stop can
+/// be asked.
+fn check_side_file(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::FileTypeExt as _;
+    crate::sink::check_directory(path)?;
     match std::fs::metadata(path) {
         Ok(metadata) if metadata.file_type().is_fifo() => {
-            Err(anyhow!("{} is a FIFO: give a regular file", path.display()))
+            Err(anyhow!("is a FIFO: give a regular file"))
         }
-        _ => Ok(()),
+        // Opened to append, without creating or changing anything, to see it may be written.
+        Ok(_) => match std::fs::OpenOptions::new().append(true).open(path) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(anyhow!("cannot be written: {e}")),
+        },
+        Err(_) => Ok(()),
     }
 }
 
@@ -374,50 +424,51 @@ impl FileId {
     }
 }
 
-/// Like `cat`, refuses to write to a file it reads: the run would read its own output back
-/// for ever (`kubetag --unmatched pass f >> f`), or overwrite it with its counters. Two
-/// outputs that are one file would mix their lines, or the counters would replace them.
-/// `stdio` says whether this process's stdin and stdout are the run's (not for `check`).
-fn refuse_shared_files(settings: &Settings, stdio: bool) -> anyhow::Result<()> {
-    let outputs = output_files(settings, stdio);
-    for source in &settings.sources {
-        let id = match source {
-            SourceConfig::Stdin if stdio => FileId::of_fd(std::io::stdin().as_fd()),
-            SourceConfig::File { path } => FileId::of(std::fs::metadata(path)),
-            _ => None,
-        };
-        if let Some((_, output)) = outputs.iter().find(|(out, _)| Some(out) == id.as_ref()) {
-            let input = source.label();
-            return Err(anyhow!("input {input} is also {output}: it would read its own output"));
+impl Files<'_> {
+    /// Like `cat`, refuses to write to a file it reads: the run would read its own output
+    /// back for ever (`kubetag --unmatched pass f >> f`), or overwrite it with its counters.
+    /// Two outputs that are one file would mix their lines, or the counters would replace
+    /// them.
+    fn refuse_shared(&self) -> anyhow::Result<()> {
+        let outputs = self.outputs();
+        for source in self.sources {
+            let id = match source {
+                SourceConfig::Stdin if self.stdio => FileId::of_fd(std::io::stdin().as_fd()),
+                SourceConfig::File { path } => FileId::of(std::fs::metadata(path)),
+                _ => None,
+            };
+            if let Some((_, output)) = outputs.iter().find(|(out, _)| Some(out) == id.as_ref()) {
+                let input = source.label();
+                return Err(anyhow!(
+                    "input {input} is also {output}: it would read its own output"
+                ));
+            }
         }
-    }
-    for (i, (id, first)) in outputs.iter().enumerate() {
-        if let Some((_, second)) = outputs[i + 1..].iter().find(|(other, _)| other == id) {
-            return Err(anyhow!("{first} is also {second}: one would overwrite the other"));
+        for (i, (id, first)) in outputs.iter().enumerate() {
+            if let Some((_, second)) = outputs[i + 1..].iter().find(|(other, _)| other == id) {
+                return Err(anyhow!("{first} is also {second}: one would overwrite the other"));
+            }
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// The regular files the run writes to, each with a name for an error.
-fn output_files(settings: &Settings, stdio: bool) -> Vec<(FileId, String)> {
-    let mut outputs = Vec::new();
-    for sink in &settings.sinks {
-        let id = match sink {
-            SinkConfig::Stdout if stdio => FileId::of_fd(std::io::stdout().as_fd()),
-            SinkConfig::File { path } => FileId::of_output(path),
-            _ => None,
-        };
-        outputs.extend(id.map(|id| (id, format!("the output {}", sink.label()))));
+    /// The regular files the run writes to, each with a name for an error.
+    fn outputs(&self) -> Vec<(FileId, String)> {
+        let mut outputs = Vec::new();
+        for sink in self.sinks {
+            let id = match sink {
+                SinkConfig::Stdout if self.stdio => FileId::of_fd(std::io::stdout().as_fd()),
+                SinkConfig::File { path } => FileId::of_output(path),
+                _ => None,
+            };
+            outputs.extend(id.map(|id| (id, format!("the output {}", sink.label()))));
+        }
+        for (what, path) in self.side_files() {
+            let id = FileId::of_output(path);
+            outputs.extend(id.map(|id| (id, format!("{what} {}", path.display()))));
+        }
+        outputs
     }
-    let files =
-        [("the dead-letter file", &settings.dead_letter), ("the stats file", &settings.stats_file)];
-    for (what, path) in files {
-        let Some(path) = path else { continue };
-        let id = FileId::of(std::fs::metadata(path));
-        outputs.extend(id.map(|id| (id, format!("{what} {}", path.display()))));
-    }
-    outputs
 }
 
 /// The `--stats-file`, opened when the run starts so that a path that cannot be written
@@ -493,24 +544,25 @@ fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
 fn check(args: ConfigArgs) -> Result<(), Failure> {
     let mut problems = Vec::new();
     let mut rules_dir = args.rules.clone();
-    match PipelineConfig::load(args.config.as_deref()).map(Settings::from_config) {
-        Ok(Ok(settings)) => {
-            for source in &settings.sources {
-                if let Err(e) = source.check() {
-                    problems.push(format!("input {}: {e}", source.label()));
-                }
-            }
-            for sink in &settings.sinks {
-                if let Err(e) = sink.check() {
-                    problems.push(format!("output {}: {e}", sink.label()));
-                }
-            }
-            if let Err(e) = refuse_shared_files(&settings, false) {
+    match PipelineConfig::load(args.config.as_deref()) {
+        Ok(config) => {
+            // The files are checked even when a value is wrong, so that one problem does
+            // not hide the others.
+            let sources: Vec<SourceConfig> = config.sources.values().cloned().collect();
+            let sinks: Vec<SinkConfig> = config.sinks.values().cloned().collect();
+            let files = Files {
+                sources: &sources,
+                sinks: &sinks,
+                dead_letter: config.dead_letter.path.as_deref(),
+                stats_file: config.run.stats_file.as_deref(),
+                stdio: false,
+            };
+            problems.extend(files.problems().iter().map(|e| format!("{e:#}")));
+            rules_dir = rules_dir.or(config.rules.dir.clone());
+            if let Err(e) = Settings::from_config(config) {
                 problems.push(e.to_string());
             }
-            rules_dir = rules_dir.or(settings.rules_dir);
         }
-        Ok(Err(e)) => problems.push(e.to_string()),
         Err(_) => problems.extend(PipelineConfig::problems(args.config.as_deref())),
     }
     match RuleSet::load(rules_dir.as_deref()) {

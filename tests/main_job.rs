@@ -675,28 +675,64 @@ fn outputs_that_are_one_file_are_refused() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
         assert!(stderr.contains("one would overwrite the other"), "{name}: {stderr}");
+        assert_eq!(dir.path().join("OUT").exists(), exists, "{name}: a refused run makes nothing");
     }
-
-    // `check` finds two file sinks of a config that are one file, before it exists.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("two.toml");
-    let sinks = "[sinks.one]\ntype = \"file\"\npath = \"z.jsonl\"\n\
-                 [sinks.two]\ntype = \"file\"\npath = \"./z.jsonl\"\n";
-    std::fs::write(&config, sinks).unwrap();
-    let output = kubetag_tool()
-        .current_dir(dir.path())
-        .args(["check", "--config", "two.toml"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("one would overwrite the other"), "{stderr}");
 
     let dir = tempfile::tempdir().unwrap();
     let output = run(&["--output", dir.path().to_str().unwrap()], format!("{PLEG}\n").as_bytes());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("is a directory"), "{stderr}");
+}
+
+/// `check` reports what a run would refuse in a configuration's files, every problem of
+/// it, and creates nothing.
+#[test]
+fn check_finds_every_problem_a_run_would_refuse() {
+    let sink =
+        |name: &str, path: &str| format!("[sinks.{name}]\ntype = \"file\"\npath = \"{path}\"\n");
+    let cases: [(&str, String, &[&str]); 5] = [
+        ("two sinks, one file", sink("a", "z.jsonl") + &sink("b", "./z.jsonl"), &["overwrite"]),
+        (
+            "a sink and the stats file",
+            format!("[run]\nstats_file = \"out.jsonl\"\n{}", sink("a", "out.jsonl")),
+            &["the output out.jsonl is also the stats file out.jsonl"],
+        ),
+        (
+            "a dead-letter file in a missing directory",
+            "[dead_letter]\npath = \"nodir/dead.jsonl\"\n".into(),
+            &["the dead-letter file nodir/dead.jsonl: nodir"],
+        ),
+        ("a dead-letter FIFO", "[dead_letter]\npath = \"ff\"\n".into(), &["is a FIFO"]),
+        (
+            "a bad value beside bad files",
+            format!("[run]\nthreads = 65\n{}{}", sink("a", "o"), sink("b", "./o")),
+            &["run.threads", "overwrite", "2 problem(s)"],
+        ),
+    ];
+    for (name, config, problems) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(std::process::Command::new("mkfifo")
+            .arg(dir.path().join("ff"))
+            .status()
+            .unwrap()
+            .success());
+        std::fs::write(dir.path().join("c.toml"), config).unwrap();
+        let output = kubetag_tool()
+            .current_dir(dir.path())
+            .args(["check", "--config", "c.toml"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        for problem in problems {
+            assert!(stderr.contains(problem), "{name}: no {problem:?} in {stderr}");
+        }
+        let mut made: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        made.sort();
+        assert_eq!(made, ["c.toml", "ff"], "{name}: check makes nothing");
+    }
 }
 
 #[test]

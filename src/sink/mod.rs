@@ -252,7 +252,7 @@ impl Write for CountingWriter<'_> {
 /// A file output must not be a directory, and the directory it is created in must be
 /// there: a wrong path is refused before the run, without creating anything (`kubetag
 /// check` runs this too).
-fn check_directory(path: &std::path::Path) -> io::Result<()> {
+pub(crate) fn check_directory(path: &std::path::Path) -> io::Result<()> {
     if path.is_dir() {
         return Err(io::Error::other(format!("{} is a directory", path.display())));
     }
