@@ -105,10 +105,16 @@ fn a_stop_ends_a_run_that_waits_for_a_fifos_writer() {
         line.clear();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "kubetag ended before it started");
     }
-    let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    terminate(&child);
     let status = exit_within(&mut child, Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// Sends SIGTERM to `child`.
+fn terminate(child: &Child) {
+    let pid = child.id().to_string();
+    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(kill.unwrap().success());
 }
 
 /// Reads `child`'s stderr until a line holds `text`; the lines read, for a report.
@@ -150,12 +156,7 @@ fn a_stop_ends_a_run_whose_output_fifo_has_no_reader() {
         } else {
             read_until(&mut stderr, "started");
         }
-        let pid = child.id().to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        terminate(&child);
         let status = exit_within(&mut child, Duration::from_secs(10));
         // The record read could not be delivered: the run fails, but it ends, and says so.
         assert_eq!(status.and_then(|s| s.code()), Some(1), "input ended: {input_ended}");
@@ -194,12 +195,7 @@ fn a_stop_with_a_slow_reader_counts_every_record_it_could_not_deliver() {
         }
         received += chunk[..n].iter().filter(|&&b| b == b'\n').count() as u64;
         if received > 5_000 && !signalled {
-            let pid = child.id().to_string();
-            assert!(std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success());
+            terminate(&child);
             signalled = true;
         }
         std::thread::sleep(Duration::from_millis(10));
