@@ -17,7 +17,7 @@ use crate::ack::Ack;
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetter, Reject};
 use crate::dedupe::{Dedupe, Lines};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SinkCounters};
 use crate::record::Malformed;
 use crate::sink::{Batch, Output, Sink, SinkConfig};
 use crate::source::file::{SharedFile, Turn};
@@ -838,6 +838,14 @@ impl Collector {
     /// Hands one batch to every sink; false once no sink is left to take output.
     fn deliver(&mut self, output: Output) -> bool {
         let batch: Batch = Arc::new(output);
+        if !self.dead_sinks.is_empty() {
+            // A sink that stopped taking batches does not deliver this one either.
+            let records = crate::sink::count_records(&batch);
+            for sink in &self.dead_sinks {
+                sink.counters.offered(records);
+                sink.counters.failed(records);
+            }
+        }
         let sinks = std::mem::take(&mut self.sinks);
         for sink in sinks {
             match self.offer(&sink, &batch) {
@@ -937,6 +945,32 @@ impl Collector {
         }
     }
 
+    /// Waits for a sink's thread to end; false if it is to be left behind. A sink drains
+    /// for as long as it needs until a stop is asked, before or during the wait. Past the
+    /// shutdown deadline, a sink still writing may finish what it holds (one beside a
+    /// stalled sink got its last batches late), up to a second timeout (a second at least);
+    /// one that makes no progress for a moment is left behind, the records it holds
+    /// unacknowledged, so no checkpoint passes them.
+    fn drained(&mut self, thread: &JoinHandle<io::Result<()>>, counters: &SinkCounters) -> bool {
+        const STALLED: Duration = Duration::from_millis(100);
+        let (mut progress, mut since) = (counters.progress(), Instant::now());
+        while !thread.is_finished() {
+            if counters.progress() != progress {
+                (progress, since) = (counters.progress(), Instant::now());
+            }
+            if self.past_shutdown_deadline() {
+                let grace = self.shutdown_timeout.max(Duration::from_secs(1));
+                let last_chance = self.stopping_since.map(|at| at + self.shutdown_timeout + grace);
+                if since.elapsed() >= STALLED || last_chance.is_some_and(|at| Instant::now() >= at)
+                {
+                    return false;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
     /// Adds what a sink was handed and did not deliver to the run's counts.
     fn count_undelivered(&mut self, label: &str, counters: &crate::sink::Counters) {
         let (_, failed, _) = counters.totals();
@@ -966,17 +1000,13 @@ impl Collector {
             })
             .collect();
         for (label, is_stdout, thread, counters) in threads {
-            // A sink drains for as long as it needs until a stop is asked, before or during
-            // the wait. After that, one still busy at the deadline is left behind: the
-            // records it holds stay unacknowledged, so no checkpoint passes them.
-            while !thread.is_finished() && !self.past_shutdown_deadline() {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            if !thread.is_finished() {
+            if !self.drained(&thread, &counters) {
                 let lost = counters.abandon();
-                // A sink found full at the deadline has said so, with what it lost.
                 let named = format!("sink {label}: ");
-                if lost > 0 || !self.failures.iter().any(|f| f.starts_with(&named)) {
+                if lost == 0 {
+                    tracing::warn!(sink = %label, "sink still busy at the shutdown timeout");
+                } else if !self.failures.iter().any(|f| f.starts_with(&named)) {
+                    // A sink found full at the deadline has said so already.
                     self.failures.push(format!(
                         "{named}still delivering at the shutdown timeout, {lost} record(s) \
                          not known to be delivered"

@@ -216,3 +216,46 @@ fn a_stop_with_a_slow_reader_counts_every_record_it_could_not_deliver() {
     assert!(both.is_some_and(|n| n <= one_write), "{received} received, {stats} {stderr}");
     assert!(stderr.contains(&format!("{undelivered} record(s) not known")), "{stderr}");
 }
+
+#[test]
+fn a_stalled_sink_does_not_cost_a_healthy_one_its_records_at_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fifo, file) = (dir.path().join("out.fifo"), dir.path().join("out.jsonl"));
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, PLEG.repeat(20_000)).unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n").unwrap();
+    let stats = dir.path().join("stats.json");
+    let mut child = kubetag_tool()
+        .args(["-q", "--config", config.to_str().unwrap(), "--stats-file"])
+        .arg(&stats)
+        .arg("-o")
+        .arg(&fifo)
+        .arg("-o")
+        .arg(&file)
+        .arg(&input)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both sinks are handed records; the FIFO's queue fills and holds the run.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "the file sink got nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    terminate(&child);
+    let status = exit_within(&mut child, Duration::from_secs(10));
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
+
+    let stats = common::stats(&stats);
+    let forwarded = stats["forwarded"].as_u64().unwrap();
+    let written = std::fs::read(&file).unwrap().iter().filter(|&&b| b == b'\n').count() as u64;
+    assert_eq!(written, forwarded, "the healthy sink has every record: {stats}");
+    let undelivered = &stats["undelivered_by_sink"];
+    assert_eq!(undelivered[fifo.to_str().unwrap()], forwarded, "{stats}");
+    assert!(undelivered.get(file.to_str().unwrap()).is_none(), "{stats}");
+}

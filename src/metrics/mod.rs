@@ -75,6 +75,11 @@ impl SinkCounters {
         offered.saturating_sub(sent + failed)
     }
 
+    /// Grows whenever the sink delivers or gives up on a record: still at work.
+    pub(crate) fn progress(&self) -> u64 {
+        load(&self.sent) + load(&self.failed)
+    }
+
     /// Gives up on the sink: it starts no more writes, and what it has not delivered is
     /// counted failed and returned. A write already under way may still deliver part.
     pub(crate) fn abandon(&self) -> u64 {
