@@ -92,6 +92,8 @@ pub fn header(data: &[u8]) {
     }
     if let Some(header) = crate::tag::header::parse(&text) {
         serde_json::to_vec(&header).expect("a header serialises");
+        let keys: std::collections::HashSet<_> = header.fields.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), header.fields.len(), "a key twice: {:?}", header.fields);
     }
 }
 

@@ -185,7 +185,11 @@ fn logfmt(mut text: &str) -> Vec<(String, String)> {
                 (rest[..end].to_string(), &rest[end..])
             }
         };
-        fields.push((key.to_string(), value));
+        // A repeated key keeps its first value: the fields are a JSON object, and a
+        // reader of duplicate keys would pick one of them as it likes.
+        if !fields.iter().any(|(k, _)| k == key) {
+            fields.push((key.to_string(), value));
+        }
         text = rest;
     }
     fields
@@ -264,6 +268,12 @@ mod tests {
         assert_eq!(header.source.as_deref(), Some("dns/dns.go:153"));
         assert_eq!(header.time.as_deref(), Some("2023-11-16T21:02:17.196Z"));
         assert_eq!(header.fields, pairs(&[("err", "too many")]));
+
+        let repeated = r#"E1204 09:00:03.000000    2101 remote_image.go:180] "PullImage from image service failed" image="nginx:1" err="x" image="evil:2""#;
+        let header = parse(repeated).unwrap();
+        assert_eq!(header.fields, pairs(&[("image", "nginx:1"), ("err", "x")]), "first kept");
+        let logrus = r#"time="2024-01-01T00:00:00Z" level=error msg="failed" id=a id=b"#;
+        assert_eq!(parse(logrus).unwrap().fields, pairs(&[("id", "a")]));
     }
 
     #[test]
