@@ -691,7 +691,14 @@ fn outputs_that_are_one_file_are_refused() {
 fn check_finds_every_problem_a_run_would_refuse() {
     let sink =
         |name: &str, path: &str| format!("[sinks.{name}]\ntype = \"file\"\npath = \"{path}\"\n");
-    let cases: [(&str, String, &[&str]); 5] = [
+    let cases: [(&str, String, &[&str]); 8] = [
+        ("a sink name ending in /", sink("a", "new.jsonl/"), &["names a directory"]),
+        ("an empty stats path", "[run]\nstats_file = \"\"\n".into(), &["an empty path"]),
+        (
+            "a sink through a link into a missing directory",
+            sink("a", "dangling"),
+            &["output dangling:", "nowhere: No such file"],
+        ),
         ("two sinks, one file", sink("a", "z.jsonl") + &sink("b", "./z.jsonl"), &["overwrite"]),
         (
             "a sink and the stats file",
@@ -717,6 +724,7 @@ fn check_finds_every_problem_a_run_would_refuse() {
             .status()
             .unwrap()
             .success());
+        std::os::unix::fs::symlink("nowhere/x", dir.path().join("dangling")).unwrap();
         std::fs::write(dir.path().join("c.toml"), config).unwrap();
         let output = kubetag_tool()
             .current_dir(dir.path())
@@ -731,7 +739,7 @@ fn check_finds_every_problem_a_run_would_refuse() {
         let mut made: Vec<_> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         made.sort();
-        assert_eq!(made, ["c.toml", "ff"], "{name}: check makes nothing");
+        assert_eq!(made, ["c.toml", "dangling", "ff"], "{name}: check makes nothing");
     }
 }
 

@@ -70,7 +70,7 @@ impl SinkConfig {
     pub(crate) fn check(&self) -> io::Result<()> {
         match self {
             SinkConfig::Kafka(config) => config.producer(Counters::default()).map(|_| ()),
-            SinkConfig::File { path } => check_directory(path),
+            SinkConfig::File { path } => check_writable(path),
             _ => Ok(()),
         }
     }
@@ -249,20 +249,43 @@ impl Write for CountingWriter<'_> {
     }
 }
 
-/// A file output must not be a directory, and the directory it is created in must be
-/// there: a wrong path is refused before the run, without creating anything (`kubetag
-/// check` runs this too).
-pub(crate) fn check_directory(path: &std::path::Path) -> io::Result<()> {
-    if path.is_dir() {
-        return Err(io::Error::other(format!("{} is a directory", path.display())));
+/// A file output must be a file the run can open to append: not a directory, not a name
+/// ending in `/`, in a directory that is there and lets it create the file (through a
+/// dangling link, the link's target is the file). A wrong path is refused before the run,
+/// without creating anything (`kubetag check` runs this too).
+pub(crate) fn check_writable(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let fail = |message: String| Err(io::Error::other(message));
+    let shown = path.display();
+    if path.as_os_str().is_empty() {
+        return fail("an empty path".into());
     }
-    let directory = match path.parent() {
+    if path.is_dir() {
+        return fail(format!("{shown} is a directory"));
+    }
+    if path.as_os_str().as_bytes().ends_with(b"/") {
+        return fail(format!("{shown} ends in /: it names a directory, not a file"));
+    }
+    let access = rustix::fs::Access::WRITE_OK;
+    if std::fs::metadata(path).is_ok() {
+        return rustix::fs::access(path, access)
+            .map_err(|e| io::Error::other(format!("{shown} cannot be written: {e}")));
+    }
+    let target = match std::fs::read_link(path) {
+        Ok(target) => path.parent().unwrap_or(std::path::Path::new("")).join(target),
+        Err(_) => path.to_path_buf(),
+    };
+    let directory = match target.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => return Ok(()),
+        _ => std::path::Path::new("."),
     };
     match std::fs::metadata(directory) {
-        Ok(metadata) if metadata.is_dir() => Ok(()),
-        Ok(_) => Err(io::Error::other(format!("{} is not a directory", directory.display()))),
+        Ok(metadata) if metadata.is_dir() => {
+            rustix::fs::access(directory, access | rustix::fs::Access::EXEC_OK).map_err(|e| {
+                io::Error::other(format!("cannot create {shown} in {}: {e}", directory.display()))
+            })
+        }
+        Ok(_) => fail(format!("{} is not a directory", directory.display())),
         Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", directory.display()))),
     }
 }
