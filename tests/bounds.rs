@@ -136,25 +136,32 @@ fn a_stop_ends_a_run_whose_output_fifo_has_no_reader() {
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         let config = dir.path().join("pipeline.toml");
         std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n").unwrap();
-        let stats = dir.path().join("stats.json");
+        let (stats, dead) = (dir.path().join("stats.json"), dir.path().join("dead.jsonl"));
         let mut child = kubetag_tool()
             .args(["--log-level", "debug", "--config", config.to_str().unwrap(), "--output"])
             .arg(&fifo)
             .arg("--stats-file")
             .arg(&stats)
+            .arg("--dead-letter")
+            .arg(&dead)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // The malformed line after the record reaches the dead-letter file once the record
+        // before it was handed to the sink.
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(PLEG).unwrap();
+        stdin.write_all(&[PLEG, b"not a record\n"].concat()).unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         if input_ended {
             drop(stdin);
             read_until(&mut stderr, "input read to its end");
-        } else {
-            read_until(&mut stderr, "started");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&dead).map_or(0, |m| m.len()) == 0 {
+            assert!(Instant::now() < deadline, "the malformed line never came through");
+            std::thread::sleep(Duration::from_millis(10));
         }
         terminate(&child);
         let status = exit_within(&mut child, Duration::from_secs(10));
