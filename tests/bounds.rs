@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,24 @@ fn terminate(child: &Child) {
     assert!(kill.unwrap().success());
 }
 
+/// Waits for a run to exit 1 within 10 s; its stderr and its stats file.
+fn failed_run(child: &mut Child, stats: &std::path::Path) -> (String, serde_json::Value) {
+    let status = exit_within(child, Duration::from_secs(10));
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
+    (stderr, common::stats(stats))
+}
+
+/// Waits until the file at `path` holds something, 20 s at most.
+fn wait_for_content(path: &std::path::Path, never: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(path).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "{never}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Reads `child`'s stderr until a line holds `text`; the lines read, for a report.
 fn read_until(stderr: &mut impl BufRead, text: &str) -> String {
     let mut read = String::new();
@@ -158,11 +177,7 @@ fn a_stop_ends_a_run_whose_output_fifo_has_no_reader() {
             drop(stdin);
             read_until(&mut stderr, "input read to its end");
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::fs::metadata(&dead).map_or(0, |m| m.len()) == 0 {
-            assert!(Instant::now() < deadline, "the malformed line never came through");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_content(&dead, "the malformed line never came through");
         terminate(&child);
         let status = exit_within(&mut child, Duration::from_secs(10));
         // The record read could not be delivered: the run fails, but it ends, and says so.
@@ -175,22 +190,24 @@ fn a_stop_ends_a_run_whose_output_fifo_has_no_reader() {
     }
 }
 
+/// A run over a file of `records` error records that gives up 1 s after a stop, and the
+/// path of its stats file.
+fn stopping_run(dir: &std::path::Path, records: usize) -> (std::process::Command, PathBuf) {
+    let input = dir.join("in.jsonl");
+    std::fs::write(&input, PLEG.repeat(records)).unwrap();
+    let config = dir.join("pipeline.toml");
+    std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n").unwrap();
+    let stats = dir.join("stats.json");
+    let mut command = kubetag_tool();
+    command.arg("-q").arg("--config").arg(&config).arg("--stats-file").arg(&stats).arg(&input);
+    (command, stats)
+}
+
 #[test]
 fn a_stop_with_a_slow_reader_counts_every_record_it_could_not_deliver() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, PLEG.repeat(300_000)).unwrap();
-    let config = dir.path().join("pipeline.toml");
-    std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n").unwrap();
-    let stats = dir.path().join("stats.json");
-    let mut child = kubetag_tool()
-        .args(["-q", "--config", config.to_str().unwrap(), "--stats-file"])
-        .arg(&stats)
-        .arg(&input)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut command, stats) = stopping_run(dir.path(), 300_000);
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
 
     // A reader of 16 KiB every 10 ms, stopped while it reads and reading on to the end.
     let mut stdout = child.stdout.take().unwrap();
@@ -207,12 +224,7 @@ fn a_stop_with_a_slow_reader_counts_every_record_it_could_not_deliver() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let status = exit_within(&mut child, Duration::from_secs(10));
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
-
-    let stats = common::stats(&stats);
+    let (stderr, stats) = failed_run(&mut child, &stats);
     let forwarded = stats["forwarded"].as_u64().unwrap();
     let undelivered = stats["undelivered_by_sink"]["stdout"].as_u64().unwrap_or(0);
     assert!(undelivered > 0 && forwarded < 300_000, "{stats}");
@@ -229,36 +241,20 @@ fn a_stalled_sink_does_not_cost_a_healthy_one_its_records_at_a_stop() {
     let dir = tempfile::tempdir().unwrap();
     let (fifo, file) = (dir.path().join("out.fifo"), dir.path().join("out.jsonl"));
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, PLEG.repeat(20_000)).unwrap();
-    let config = dir.path().join("pipeline.toml");
-    std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n").unwrap();
-    let stats = dir.path().join("stats.json");
-    let mut child = kubetag_tool()
-        .args(["-q", "--config", config.to_str().unwrap(), "--stats-file"])
-        .arg(&stats)
+    let (mut command, stats) = stopping_run(dir.path(), 20_000);
+    let mut child = command
         .arg("-o")
         .arg(&fifo)
         .arg("-o")
         .arg(&file)
-        .arg(&input)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // Both sinks are handed records; the FIFO's queue fills and holds the run.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0 {
-        assert!(Instant::now() < deadline, "the file sink got nothing");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_content(&file, "the file sink got nothing");
     terminate(&child);
-    let status = exit_within(&mut child, Duration::from_secs(10));
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
-
-    let stats = common::stats(&stats);
+    let (_, stats) = failed_run(&mut child, &stats);
     let forwarded = stats["forwarded"].as_u64().unwrap();
     let written = std::fs::read(&file).unwrap().iter().filter(|&&b| b == b'\n').count() as u64;
     assert_eq!(written, forwarded, "the healthy sink has every record: {stats}");
