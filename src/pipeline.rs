@@ -838,17 +838,15 @@ impl Collector {
     /// Hands one batch to every sink; false once no sink is left to take output.
     fn deliver(&mut self, output: Output) -> bool {
         let batch: Batch = Arc::new(output);
-        if !self.dead_sinks.is_empty() {
-            // A sink that stopped taking batches does not deliver this one either.
-            let records = crate::sink::count_records(&batch);
-            for sink in &self.dead_sinks {
-                sink.counters.offered(records);
-                sink.counters.failed(records);
-            }
+        let records = crate::sink::count_records(&batch);
+        // A sink that stopped taking batches does not deliver this one either.
+        for sink in &self.dead_sinks {
+            sink.counters.offered(records);
+            sink.counters.failed(records);
         }
         let sinks = std::mem::take(&mut self.sinks);
         for sink in sinks {
-            match self.offer(&sink, &batch) {
+            match self.offer(&sink, &batch, records) {
                 Offer::Taken => self.sinks.push(sink),
                 Offer::Gone => {
                     batch.fail();
@@ -885,8 +883,7 @@ impl Collector {
     /// Queues a batch for one sink, waiting while its queue is full. Once a stop is asked,
     /// a sink that stays full past the shutdown timeout is given up: the batch is marked
     /// undelivered and the sink takes nothing more.
-    fn offer(&mut self, sink: &Sink, batch: &Batch) -> Offer {
-        let records = crate::sink::count_records(batch);
+    fn offer(&mut self, sink: &Sink, batch: &Batch, records: u64) -> Offer {
         let mut batch = batch.clone();
         loop {
             match sink.queue.send_timeout(batch, Duration::from_millis(100)) {
@@ -902,14 +899,10 @@ impl Collector {
                 Err(flume::SendTimeoutError::Timeout(back)) => batch = back,
             }
             if self.past_shutdown_deadline() {
-                // What the sink holds, and this batch, will not be delivered.
+                // What the sink holds, and this batch, will not be delivered; the end of
+                // the run reports it.
                 sink.counters.offered(records);
-                let lost = sink.counters.abandon();
-                let label = &sink.label;
-                self.failures.push(format!(
-                    "sink {label}: still full at the shutdown timeout, {lost} record(s) not known to \
-                     be delivered"
-                ));
+                sink.counters.abandon();
                 return Offer::Gone;
             }
         }
@@ -1001,26 +994,22 @@ impl Collector {
             .collect();
         for (label, is_stdout, thread, counters) in threads {
             if !self.drained(&thread, &counters) {
-                let lost = counters.abandon();
-                let named = format!("sink {label}: ");
-                if lost == 0 {
-                    tracing::warn!(sink = %label, "sink still busy at the shutdown timeout");
-                } else if !self.failures.iter().any(|f| f.starts_with(&named)) {
-                    // A sink found full at the deadline has said so already.
-                    self.failures.push(format!(
-                        "{named}still delivering at the shutdown timeout, {lost} record(s) \
-                         not known to be delivered"
-                    ));
+                counters.abandon();
+            }
+            self.count_undelivered(&label, &counters);
+            if counters.abandoned() {
+                // Full when offered a batch, or still busy, at the shutdown deadline.
+                match counters.totals().1 {
+                    0 => tracing::warn!(sink = %label, "sink still busy at the shutdown timeout"),
+                    lost => self.failures.push(format!(
+                        "sink {label}: given up at the shutdown timeout, {lost} record(s) not \
+                         known to be delivered"
+                    )),
                 }
-                self.count_undelivered(&label, &counters);
                 continue;
             }
-            let outcome = thread.join();
-            self.count_undelivered(&label, &counters);
-            match outcome {
+            match thread.join() {
                 Ok(Ok(())) => {}
-                // Given up at the shutdown timeout, which is reported already.
-                Ok(Err(_)) if counters.abandoned() => {}
                 // A closed stdout (`| head`) ends the run quietly.
                 Ok(Err(e)) if is_stdout && e.kind() == io::ErrorKind::BrokenPipe => {}
                 // Network sinks name themselves in their errors.

@@ -81,12 +81,10 @@ impl SinkCounters {
     }
 
     /// Gives up on the sink: it starts no more writes, and what it has not delivered is
-    /// counted failed and returned. A write already under way may still deliver part.
-    pub(crate) fn abandon(&self) -> u64 {
+    /// counted failed. A write already under way may still deliver part.
+    pub(crate) fn abandon(&self) {
         self.abandoned.store(true, Ordering::SeqCst);
-        let lost = self.undelivered();
-        self.failed(lost);
-        lost
+        self.failed(self.undelivered());
     }
 
     pub(crate) fn abandoned(&self) -> bool {
