@@ -399,15 +399,8 @@ impl FileId {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             metadata => return FileId::of(metadata),
         }
-        let target = match std::fs::read_link(path) {
-            Ok(target) => path.parent().unwrap_or(Path::new("")).join(target),
-            Err(_) => path.to_path_buf(),
-        };
-        let name = target.file_name()?.to_os_string();
-        let dir = match target.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
+        let (file, dir) = crate::sink::place_of_new_file(path);
+        let name = file.file_name()?.to_os_string();
         let dir = std::fs::metadata(dir).ok()?;
         Some(FileId::New { dev: dir.dev(), ino: dir.ino(), name })
     }

@@ -249,6 +249,20 @@ impl Write for CountingWriter<'_> {
     }
 }
 
+/// Where opening `path` to append makes the file when there is none: its path (a dangling
+/// link's target) and the directory that path is in (`.` for a bare name).
+pub(crate) fn place_of_new_file(path: &std::path::Path) -> (PathBuf, PathBuf) {
+    let file = match std::fs::read_link(path) {
+        Ok(target) => path.parent().unwrap_or(std::path::Path::new("")).join(target),
+        Err(_) => path.to_path_buf(),
+    };
+    let directory = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    (file, directory)
+}
+
 /// A file output must be a file the run can open to append: not a directory, not a name
 /// ending in `/`, in a directory that is there and lets it create the file (through a
 /// dangling link, the link's target is the file). A wrong path is refused before the run,
@@ -271,14 +285,8 @@ pub(crate) fn check_writable(path: &std::path::Path) -> io::Result<()> {
         return rustix::fs::access(path, access)
             .map_err(|e| io::Error::other(format!("{shown} cannot be written: {e}")));
     }
-    let target = match std::fs::read_link(path) {
-        Ok(target) => path.parent().unwrap_or(std::path::Path::new("")).join(target),
-        Err(_) => path.to_path_buf(),
-    };
-    let directory = match target.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => std::path::Path::new("."),
-    };
+    let (_, directory) = place_of_new_file(path);
+    let directory = directory.as_path();
     match std::fs::metadata(directory) {
         Ok(metadata) if metadata.is_dir() => {
             rustix::fs::access(directory, access | rustix::fs::Access::EXEC_OK).map_err(|e| {
