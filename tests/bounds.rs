@@ -96,7 +96,7 @@ fn a_closed_output_ends_a_run_whose_input_is_idle() {
 fn a_stop_ends_a_run_that_waits_for_a_fifos_writer() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("journal.fifo");
-    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    mkfifo(&fifo);
     let mut child =
         kubetag_tool().arg(&fifo).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
@@ -152,9 +152,8 @@ fn a_stop_ends_a_run_whose_output_fifo_has_no_reader() {
     for input_ended in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("out.fifo");
-        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-        let config = dir.path().join("pipeline.toml");
-        std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n").unwrap();
+        mkfifo(&fifo);
+        let config = stopping_config(dir.path());
         let (stats, dead) = (dir.path().join("stats.json"), dir.path().join("dead.jsonl"));
         let mut child = kubetag_tool()
             .args(["--log-level", "debug", "--config", config.to_str().unwrap(), "--output"])
@@ -190,13 +189,24 @@ fn a_stop_ends_a_run_whose_output_fifo_has_no_reader() {
     }
 }
 
+/// A configuration in `dir` that gives up 1 s after a stop.
+fn stopping_config(dir: &std::path::Path) -> PathBuf {
+    let config = dir.join("pipeline.toml");
+    std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n").unwrap();
+    config
+}
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &std::path::Path) {
+    assert!(std::process::Command::new("mkfifo").arg(path).status().unwrap().success());
+}
+
 /// A run over a file of `records` error records that gives up 1 s after a stop, and the
 /// path of its stats file.
 fn stopping_run(dir: &std::path::Path, records: usize) -> (std::process::Command, PathBuf) {
     let input = dir.join("in.jsonl");
     std::fs::write(&input, PLEG.repeat(records)).unwrap();
-    let config = dir.join("pipeline.toml");
-    std::fs::write(&config, "[run]\nshutdown_timeout_secs = 1\n").unwrap();
+    let config = stopping_config(dir);
     let stats = dir.join("stats.json");
     let mut command = kubetag_tool();
     command.arg("-q").arg("--config").arg(&config).arg("--stats-file").arg(&stats).arg(&input);
@@ -240,7 +250,7 @@ fn a_stop_with_a_slow_reader_counts_every_record_it_could_not_deliver() {
 fn a_stalled_sink_does_not_cost_a_healthy_one_its_records_at_a_stop() {
     let dir = tempfile::tempdir().unwrap();
     let (fifo, file) = (dir.path().join("out.fifo"), dir.path().join("out.jsonl"));
-    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    mkfifo(&fifo);
     let (mut command, stats) = stopping_run(dir.path(), 20_000);
     let mut child = command
         .arg("-o")
